@@ -1,0 +1,107 @@
+"""Freeze: decide a `PrunePlan` from gate probabilities (tau-thresholding). Touches no model."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .graph import ChannelGraph, ChannelGroup
+from .plan import GroupPlan, PrunePlan
+
+__all__ = ["freeze", "random_plan", "polarization", "PolarizationReport"]
+
+
+@dataclass
+class PolarizationReport:
+    gates: int
+    polarized: float  # share of gates with p < 0.05 or p > 0.95
+    low: float  # share with p < 0.05
+    high: float  # share with p > 0.95
+    histogram: list[int]  # 10 bins over [0, 1]
+    threshold: float = 0.9
+
+    @property
+    def ok(self) -> bool:
+        return self.polarized >= self.threshold
+
+    @property
+    def warning(self) -> str | None:
+        if self.ok:
+            return None
+        return (f"gates are not polarized: only {self.polarized:.0%} have p<0.05 or p>0.95 "
+                f"(want >= {self.threshold:.0%}); thresholding will change the network's behaviour")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok, "warning": self.warning}
+
+
+def polarization(probs: list[torch.Tensor], *, threshold: float = 0.9) -> PolarizationReport:
+    p = torch.cat([q.detach().flatten().float().cpu() for q in probs]) if probs else torch.zeros(0)
+    n = max(p.numel(), 1)
+    low, high = (p < 0.05).sum().item() / n, (p > 0.95).sum().item() / n
+    hist = torch.histc(p, bins=10, min=0.0, max=1.0).long().tolist() if p.numel() else [0] * 10
+    return PolarizationReport(p.numel(), low + high, low, high, hist, threshold)
+
+
+def _equalise(keep: list[int], scores: torch.Tensor, group: ChannelGroup) -> list[int]:
+    """Grouped convs: the same kept count in every part, chosen by score within each part."""
+    if not group.partition:
+        return keep
+    kept = set(keep)
+    per = [sum(1 for r in part if r in kept) for part in group.partition]
+    k = int(math.floor(sum(per) / len(per) + 0.5))
+    out = []
+    for part in group.partition:
+        idx = torch.tensor(part)
+        order = torch.argsort(scores[idx], descending=True, stable=True)
+        out.extend(int(idx[i]) for i in order[:k])
+    return sorted(out)
+
+
+def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, arch: str | None = None,
+           input_shape: list[int] | None = None) -> PrunePlan:
+    """Keep channel i of a group iff p_i > tau (Herrmann et al. 2020, 3.3).
+
+    Grouped convolutions keep equal counts per conv group (the nearest to the thresholded counts,
+    chosen by p): the frozen gated model is then the model frozen with *this* plan.
+    """
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
+    groups = []
+    for g, p in zip(graph.groups, probs):
+        p = p.detach().float().cpu()
+        keep = [int(i) for i in torch.nonzero(p > tau).flatten()]
+        groups.append(GroupPlan(g.name, g.size, _equalise(keep, p, g), [float(x) for x in p]))
+    return PrunePlan(groups, arch, input_shape, tau)
+
+
+def random_plan(graph: ChannelGraph, *, keep: float = 0.5, seed: int = 0, zero_width: int = 1,
+                arch: str | None = None, input_shape: list[int] | None = None) -> PrunePlan:
+    """A random plan keeping about `keep` of each group, with `zero_width` groups fully removed.
+
+    The zero-width groups are picked among those no head consumes, from the middle of the network,
+    so that collapsing them leaves the rest of the network working.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    gen = torch.Generator().manual_seed(seed)
+    heads = set(graph.heads)
+    candidates = [i for i, g in enumerate(graph.groups) if not any(s.module in heads for s in g.consumers)]
+    zero = set()
+    if zero_width and candidates:
+        mid = len(candidates) // 2
+        zero = set(candidates[mid:mid + zero_width])
+    groups = []
+    for i, g in enumerate(graph.groups):
+        scores = torch.rand(g.size, generator=gen)
+        if i in zero:
+            k = 0
+        else:
+            k = max(1, int(round(keep * g.size)))
+        kept = sorted(int(j) for j in torch.argsort(scores, descending=True)[:k])
+        kept = _equalise(kept, scores, g)
+        if i not in zero and not kept:
+            kept = _equalise(list(range(g.size)), scores, g)
+        groups.append(GroupPlan(g.name, g.size, kept, None))
+    return PrunePlan(groups, arch, input_shape, None, {"random": True, "keep": keep, "seed": seed})

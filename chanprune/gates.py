@@ -1,0 +1,150 @@
+"""Data-independent Gumbel-softmax channel gates, one per channel group.
+
+The exactness rule: a group's mask multiplies its channels at the *input of every layer that
+consumes them* (forward pre-hooks), so a channel that is off is invisible to the rest of the
+network and can be cut from producers and consumers without changing the output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .graph import ChannelGraph
+
+__all__ = ["GumbelGate", "GateSet", "attach_gates"]
+
+EVAL_MODES = ("threshold", "stochastic", "on")
+
+
+class GumbelGate(nn.Module):
+    """Two logits (w0, w1) per channel; p = sigmoid(w1 - w0).
+
+    `sample(b)` draws a hard Z in {0, 1} of shape (b, C) with the straight-through Gumbel-softmax
+    trick at temperature 1 (Herrmann et al. 2020, 3.2): Z in the forward pass, the soft sample's
+    gradient in the backward pass. Initialised nearly open, at the authors' logits [0.1, 4].
+    """
+
+    def __init__(self, num_channels: int, *, init: tuple[float, float] = (0.1, 4.0)):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([init], dtype=torch.float32).repeat(num_channels, 1))
+
+    @property
+    def num_channels(self) -> int:
+        return self.logits.shape[0]
+
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits[:, 1] - self.logits[:, 0])
+
+    def sample(self, batch: int, *, temperature: float = 1.0) -> torch.Tensor:
+        logits = self.logits.unsqueeze(0).expand(batch, -1, -1)
+        return F.gumbel_softmax(logits, tau=temperature, hard=True, dim=-1)[..., 1]
+
+    def deterministic(self, mode: str, tau: float) -> torch.Tensor:
+        if mode == "on":
+            return torch.ones(1, self.num_channels, device=self.logits.device)
+        if mode == "threshold":
+            return (self.probs() > tau).float().unsqueeze(0)
+        raise ValueError(f"unknown gate eval mode {mode!r}; choose one of {EVAL_MODES}")
+
+
+class GateSet(nn.Module):
+    """The gates of one model, and the hooks that apply them.
+
+    In training mode every forward draws one sample per example, shared by all consumers of a group.
+    In eval mode the gates follow `eval_mode` ("threshold" at `tau`, "stochastic", or "on").
+    `fix_(plan)` pins fixed keep-masks: the frozen gated model that a slim model must reproduce.
+    """
+
+    def __init__(self, graph: ChannelGraph, *, init: tuple[float, float] = (0.1, 4.0)):
+        super().__init__()
+        self.graph = graph
+        self.names = [g.name for g in graph.groups]
+        self.gates = nn.ModuleList(GumbelGate(g.size, init=init) for g in graph.groups)
+        self.eval_mode = "threshold"
+        self.tau = 0.5
+        self._fixed: list[torch.Tensor] | None = None
+        self._z: list[torch.Tensor] | None = None
+        self._handles: list = []
+        self._sites = self._consumer_index(graph)
+
+    @staticmethod
+    def _consumer_index(graph: ChannelGraph) -> dict[str, list[tuple[int, torch.Tensor, torch.Tensor, int]]]:
+        sites: dict[str, list] = {}
+        for gi, g in enumerate(graph.groups):
+            for s in g.consumers:
+                sites.setdefault(s.module, []).append(
+                    (gi, torch.tensor(s.layer_idxs, dtype=torch.long), torch.tensor(s.root_idxs, dtype=torch.long), s.channels))
+        return sites
+
+    # ------------------------------------------------------------------ attach / detach
+    def attach_(self, model: nn.Module) -> "GateSet":
+        """Register the hooks on `model` (the model the graph was found on, or a copy of it)."""
+        self.detach_()
+        mods = dict(model.named_modules())
+        missing = [n for n in self._sites if n not in mods]
+        if missing:
+            raise ValueError(f"model has no module {missing[0]!r}: gates belong to another architecture")
+        self._handles.append(model.register_forward_pre_hook(self._begin))
+        for name, entries in self._sites.items():
+            self._handles.append(mods[name].register_forward_pre_hook(self._make_hook(entries)))
+        return self
+
+    def detach_(self) -> "GateSet":
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return self
+
+    # ------------------------------------------------------------------ modes
+    def fix_(self, keep_masks: list[torch.Tensor] | None) -> "GateSet":
+        """Pin per-group 0/1 keep masks (a frozen plan); None unpins."""
+        if keep_masks is not None:
+            if len(keep_masks) != len(self.gates):
+                raise ValueError(f"expected {len(self.gates)} masks, got {len(keep_masks)}")
+            keep_masks = [m.float().reshape(1, -1) for m in keep_masks]
+        self._fixed = keep_masks
+        return self
+
+    def probs(self) -> list[torch.Tensor]:
+        return [g.probs() for g in self.gates]
+
+    def current(self) -> list[torch.Tensor] | None:
+        """The masks used by the last forward pass, (B or 1, C) per group (differentiable)."""
+        return self._z
+
+    def _begin(self, module, args):
+        batch = args[0].shape[0] if args and torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
+        if self._fixed is not None:
+            self._z = [m.to(self.gates[i].logits.device) for i, m in enumerate(self._fixed)]
+        elif module.training:
+            self._z = [g.sample(batch) for g in self.gates]
+        elif self.eval_mode == "stochastic":
+            self._z = [g.sample(batch).detach() for g in self.gates]
+        else:
+            self._z = [g.deterministic(self.eval_mode, self.tau) for g in self.gates]
+
+    def _make_hook(self, entries):
+        def hook(module, args):
+            z = self._z
+            if z is None or not args:
+                return None
+            x = args[0]
+            channels = entries[0][3]
+            b = max(z[gi].shape[0] for gi, *_ in entries)
+            mask = x.new_ones(b, channels)
+            for gi, li, ri, _ in entries:
+                zg = z[gi].to(x.dtype)
+                mask[:, li.to(x.device)] = zg[:, ri.to(x.device)].expand(b, -1)
+            if isinstance(module, nn.Linear):
+                mask = mask.view(b, *([1] * (x.dim() - 2)), channels)
+            else:
+                mask = mask.view(b, channels, *([1] * (x.dim() - 2)))
+            return (x * mask, *args[1:])
+
+        return hook
+
+
+def attach_gates(model: nn.Module, graph: ChannelGraph, **kwargs) -> GateSet:
+    """One `GumbelGate` per group of `graph`, hooked into `model`."""
+    return GateSet(graph, **kwargs).attach_(model)

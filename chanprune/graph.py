@@ -1,0 +1,300 @@
+"""Channel groups: which channels must be kept or removed together, found by torch-pruning.
+
+A `ChannelGroup` is one gate's worth of channels: the output channels of a root conv/linear and
+every channel tied to them (residual adds, concat slices, depthwise pairs, batch norms). Each group
+lists its *sites*: where its channels live in each layer, in that layer's own indices and in the
+root's. Sites of role "in" are the consumers: the layers that mix channels, where the gate masks.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+__all__ = ["Site", "ChannelGroup", "ChannelGraph", "find_groups", "build_dependency_graph"]
+
+# Roles of a site: "in" (a channel-mixing layer's inputs: the gate masks here), "out" (a
+# conv/linear's outputs), "dw" (a depthwise conv: channel in = channel out), "chan" (a per-channel
+# layer such as batch norm), "param" (a free per-channel nn.Parameter such as a layer scale).
+ROLES = ("in", "out", "dw", "chan", "param")
+
+
+@dataclass
+class Site:
+    module: str
+    role: str
+    layer_idxs: list[int]
+    root_idxs: list[int]
+    channels: int  # the layer's channel count along this dimension (dense)
+
+
+@dataclass
+class ChannelGroup:
+    name: str  # the root module; its output channels are the gate's channels
+    size: int
+    sites: list[Site]
+    # Equal kept counts are required in each part (grouped convolutions keep their group structure).
+    partition: list[list[int]] | None = None
+
+    @property
+    def consumers(self) -> list[Site]:
+        return [s for s in self.sites if s.role == "in"]
+
+
+@dataclass
+class ChannelGraph:
+    groups: list[ChannelGroup]
+    heads: list[str]
+    unsupported: list[dict] = field(default_factory=list)  # {"name", "reason"}
+    ignored: list[str] = field(default_factory=list)
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    @property
+    def num_channels(self) -> int:
+        return sum(g.size for g in self.groups)
+
+
+def _grouped_conv_pruner():
+    """torch-pruning's ConvPruner slices a grouped conv's inputs with one index list for every group,
+    which is wrong unless the kept pattern repeats; this one gathers per group (equal counts)."""
+    from torch_pruning.pruner import function as F
+
+    class GroupedConvPruner(F.ConvPruner):
+        def prune_in_channels(self, layer, idxs):
+            if layer.groups == 1:
+                return super().prune_in_channels(layer, idxs)
+            g = layer.groups
+            ig, og = layer.in_channels // g, layer.out_channels // g
+            drop = set(int(i) for i in idxs)
+            per = [[c - j * ig for c in range(j * ig, (j + 1) * ig) if c not in drop] for j in range(g)]
+            counts = {len(p) for p in per}
+            if len(counts) != 1:
+                from .errors import PlanError
+
+                raise PlanError(f"grouped conv with {g} groups must keep equal channels per group, got {sorted(len(p) for p in per)}")
+            k = counts.pop()
+            idx = torch.tensor([per[o // og] for o in range(layer.out_channels)], dtype=torch.long).reshape(layer.out_channels, k)
+            w = layer.weight.detach()
+            gather_idx = idx.view(layer.out_channels, k, *([1] * (w.dim() - 2))).expand(-1, -1, *w.shape[2:])
+            layer.weight = nn.Parameter(torch.gather(w, 1, gather_idx.to(w.device)).contiguous(), requires_grad=layer.weight.requires_grad)
+            layer.in_channels = g * k
+            return layer
+
+        prune_out_channels = F.ConvPruner.prune_out_channels
+
+    return GroupedConvPruner()
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
+    """A torch-pruning DependencyGraph with a grouped-conv-exact pruner; the model's mode is kept."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    DG = tp.DependencyGraph()
+    DG.REGISTERED_PRUNERS[tp.ops.OPTYPE.CONV] = _grouped_conv_pruner()
+    DG._in_channel_pruning_fn = {p.prune_in_channels for p in DG.REGISTERED_PRUNERS.values() if p is not None}
+    DG._out_channel_pruning_fn = {p.prune_out_channels for p in DG.REGISTERED_PRUNERS.values() if p is not None}
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # torch-pruning warns about free nn.Parameters (layer scales); it prunes them along the
+            # channel dimension, which is what we want, and we report what we cannot handle.
+            warnings.simplefilter("ignore")
+            DG.build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as e:  # torch-pruning raises anything from asserts to ZeroDivisionError
+        raise UnsupportedModelError(
+            f"torch-pruning could not trace this model ({type(e).__name__}: {e}); "
+            "channel shuffles and data-dependent reshapes are not supported yet") from e
+    finally:
+        model.train(was_training)
+    return DG
+
+
+def find_heads(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Conv/linear layers whose outputs reach the model output without passing another such layer.
+
+    Their output channels are the predictions and are never gated (a conv classifier included).
+    """
+    producers: dict = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o, name=name: producers.__setitem__(o.grad_fn, name) if torch.is_tensor(o) and o.grad_fn is not None else None))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(example_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    outs = _tensors(out)
+    heads, seen, stack = [], set(), [t.grad_fn for t in outs if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in producers:
+            if producers[fn] not in heads:
+                heads.append(producers[fn])
+            continue
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return heads
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _classify(module, handler, DG) -> tuple[str | None, str | None]:
+    """(role, unsupported reason) of one torch-pruning group item."""
+    import torch_pruning as tp
+
+    ops = tp.ops
+    if isinstance(module, nn.Parameter):
+        return "param", None
+    if isinstance(module, ops._OutputOp):
+        return None, "its channels reach the model output directly"
+    if isinstance(module, (ops._ElementWiseOp, ops._ConcatOp, ops._ReshapeOp)):
+        return None, None  # index mapping only; torch-pruning carries the indices through
+    if isinstance(module, ops._SplitOp):
+        return None, "split/chunk on channels: the split sizes are fixed in the model's code"
+    if isinstance(module, (ops._UnbindOp, ops._ExpandOp, ops._SliceOp)):
+        return None, f"{type(module).__name__[1:-2].lower()} on channels is not supported yet"
+    is_in = DG.is_in_channel_pruning_fn(handler)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if module.transposed:
+            return None, "transposed convolutions are not supported yet"
+        if module.groups == module.out_channels and module.out_channels > 1 and module.groups == module.in_channels:
+            return "dw", None
+        if module.groups > 1 and module.groups == module.out_channels:
+            return None, "depthwise conv with a channel multiplier is not supported yet"
+        return ("in" if is_in and not DG.is_out_channel_pruning_fn(handler) else "out"), None
+    if isinstance(module, nn.Linear):
+        return ("in" if not DG.is_out_channel_pruning_fn(handler) else "out"), None
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
+                           nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU)):
+        return "chan", None
+    if isinstance(module, nn.GroupNorm):
+        if module.num_groups == module.num_channels:
+            return "chan", None
+        return None, "GroupNorm normalizes across channels: removing one changes the others"
+    if isinstance(module, nn.LayerNorm):
+        return None, "LayerNorm normalizes across channels: removing one changes the others"
+    return None, f"{type(module).__name__} consumes channels in a way chanprune cannot cut exactly yet"
+
+
+def find_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: tuple[str, ...] = ()) -> ChannelGraph:
+    """Find the gateable channel groups of `model` (decide only; the model is not changed).
+
+    Args:
+        model: the dense model.
+        example_inputs: one input batch (shape and dtype matter, values do not).
+        ignored: module names whose output channels stay ungated (the heads always are).
+    """
+    names = {m: n for n, m in model.named_modules()}
+    for n in ignored:
+        if n not in dict(model.named_modules()):
+            raise ValueError(f"--ignore {n!r}: no module of that name in the model")
+    heads = find_heads(model, example_inputs)
+    DG = build_dependency_graph(model, example_inputs)
+    skip = [model.get_submodule(n) for n in (*heads, *ignored)]
+    groups, unsupported = [], []
+    for tg in DG.get_all_groups(ignored_layers=skip, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        root_mod = tg[0].dep.target.module
+        root = names.get(root_mod, str(root_mod))
+        sites, reasons = [], []
+        for item in tg.items:
+            mod = item.dep.target.module
+            role, reason = _classify(mod, item.dep.handler, DG)
+            if reason:
+                reasons.append(f"{DG._module2name.get(mod, item.dep.target.name)}: {reason}")
+            if role is None:
+                continue
+            if role == "param":
+                mname = DG._param_to_name.get(mod, "?")
+                channels = mod.shape[item.dep.handler.__self__.pruning_dim] if hasattr(item.dep.handler, "__self__") else len(item.idxs)
+            else:
+                mname = names[mod]
+                channels = _channels(mod, role)
+            sites.append(Site(mname, role, [int(i) for i in item.idxs], [int(i) for i in item.root_idxs], int(channels)))
+        size = len(tg[0].idxs)
+        if reasons:
+            unsupported.append({"name": root, "reason": "; ".join(dict.fromkeys(reasons))})
+            continue
+        partition, reason = _partition(model, sites)
+        if reason:
+            unsupported.append({"name": root, "reason": reason})
+            continue
+        groups.append(ChannelGroup(root, size, _merge_sites(sites), partition))
+    return ChannelGraph(groups, heads, unsupported, list(ignored))
+
+
+def _channels(mod: nn.Module, role: str) -> int:
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return mod.in_channels if role == "in" else mod.out_channels
+    if isinstance(mod, nn.Linear):
+        return mod.in_features if role == "in" else mod.out_features
+    if isinstance(mod, nn.PReLU):
+        return mod.num_parameters
+    if isinstance(mod, nn.GroupNorm):
+        return mod.num_channels
+    return getattr(mod, "num_features", 0)
+
+
+def _merge_sites(sites: list[Site]) -> list[Site]:
+    """One site per (module, role): torch-pruning can list a layer twice (e.g. the same add)."""
+    merged: dict[tuple[str, str], Site] = {}
+    for s in sites:
+        key = (s.module, s.role)
+        if key in merged:
+            m = merged[key]
+            seen = set(m.layer_idxs)
+            for li, ri in zip(s.layer_idxs, s.root_idxs):
+                if li not in seen:
+                    m.layer_idxs.append(li)
+                    m.root_idxs.append(ri)
+                    seen.add(li)
+        else:
+            merged[key] = Site(s.module, s.role, list(s.layer_idxs), list(s.root_idxs), s.channels)
+    return list(merged.values())
+
+
+def _partition(model: nn.Module, sites: list[Site]) -> tuple[list[list[int]] | None, str | None]:
+    """Root-index parts that must keep equal counts, from the grouped convs a group touches."""
+    parts = None
+    for s in sites:
+        if s.role not in ("in", "out"):
+            continue
+        mod = model.get_submodule(s.module)
+        g = getattr(mod, "groups", 1)
+        if g == 1:
+            continue
+        per = s.channels // g
+        buckets: dict[int, list[int]] = {}
+        for li, ri in zip(s.layer_idxs, s.root_idxs):
+            buckets.setdefault(li // per, []).append(ri)
+        p = sorted(sorted(b) for b in buckets.values())
+        if len(buckets) != g or len({len(b) for b in p}) != 1:
+            return None, f"{s.module}: a grouped conv sees this group unevenly"
+        if parts is not None and p != parts:
+            return None, f"{s.module}: grouped convs with different group structures share these channels"
+        parts = p
+    return parts, None

@@ -1,0 +1,163 @@
+"""Apply a plan: physically remove channels (act). The model must be the dense architecture."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import PlanError
+from .graph import ChannelGraph, build_dependency_graph, find_groups
+from .plan import PrunePlan
+
+__all__ = ["apply_plan_", "ZeroChannels", "ConstantOutput"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _static_pad(conv: nn.Module, ndim: int) -> tuple[int, ...]:
+    """Extra padding a conv subclass applies before convolving (EfficientNet's static same pad)."""
+    static = getattr(conv, "static_padding", None)
+    sp = getattr(static, "padding", None)
+    if isinstance(sp, tuple) and len(sp) == 2 * ndim:  # (left, right, top, bottom): last dim first
+        return tuple(sp[2 * (ndim - 1 - d)] + sp[2 * (ndim - 1 - d) + 1] for d in range(ndim))
+    return (0,) * ndim
+
+
+class ZeroChannels(nn.Module):
+    """Stands in for a layer whose every output channel was removed: returns an empty (B, 0, ...)
+    tensor of the right spatial size and computes nothing."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.is_conv = isinstance(layer, _CONV)
+        if self.is_conv:
+            nd = len(layer.kernel_size)
+            pad = layer.padding
+            if pad == "same":
+                self.same = True
+                pad = (0,) * nd
+            else:
+                self.same = False
+                pad = (0,) * nd if pad == "valid" else tuple(pad)
+            extra = _static_pad(layer, nd)
+            self.geometry = [(layer.kernel_size[d], layer.stride[d], layer.dilation[d], 2 * pad[d] + extra[d])
+                             for d in range(nd)]
+
+    def out_spatial(self, x: torch.Tensor) -> list:
+        if self.same:
+            return list(x.shape[2:])
+        return [(x.shape[2 + d] + p - dil * (k - 1) - 1) // s + 1 for d, (k, s, dil, p) in enumerate(self.geometry)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_conv:  # linear: (..., 0)
+            return x.new_zeros((*x.shape[:-1], 0))
+        return x.new_zeros((x.shape[0], 0, *self.out_spatial(x)))
+
+
+class ConstantOutput(nn.Module):
+    """Stands in for a conv/linear whose every input channel was removed: its output is its bias
+    (or zero) everywhere, so it is emitted without computing anything."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.is_conv = isinstance(layer, _CONV)
+        out = layer.out_channels if self.is_conv else layer.out_features
+        value = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(out)
+        self.register_buffer("value", value)
+        self.geometry = ZeroChannels(layer) if self.is_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_conv:
+            return self.value.expand(*x.shape[:-1], self.value.numel()).contiguous()  # in-place ops may follow
+        spatial = self.geometry.out_spatial(x)
+        return self.value.view(1, -1, *([1] * (x.dim() - 2))).expand(x.shape[0], self.value.numel(), *spatial).contiguous()
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def _collapse_zero_width_(model: nn.Module) -> list[str]:
+    """Replace layers left with zero channels by their exact, computation-free equivalents."""
+    changed = []
+    for name, m in list(model.named_modules()):
+        new = None
+        if isinstance(m, _CONV) and m.out_channels == 0:
+            new = ZeroChannels(m)
+        elif isinstance(m, _CONV) and m.in_channels == 0:
+            new = ConstantOutput(m)
+        elif isinstance(m, nn.Linear) and m.out_features == 0:
+            new = ZeroChannels(m)
+        elif isinstance(m, nn.Linear) and m.in_features == 0:
+            new = ConstantOutput(m)
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)) and _width(m) == 0:
+            new = nn.Identity()
+        if new is not None:
+            _set_module(model, name, new)
+            changed.append(name)
+    return changed
+
+
+def _width(m: nn.Module) -> int:
+    for a in ("num_features", "num_channels", "num_parameters"):
+        if hasattr(m, a):
+            return getattr(m, a)
+    return -1
+
+
+def apply_plan_(model: nn.Module, plan: PrunePlan, example_inputs: torch.Tensor, *,
+                graph: ChannelGraph | None = None) -> nn.Module:
+    """Remove the channels `plan` drops from `model`, in place, and return it.
+
+    Every drop of every group is mapped by torch-pruning (through residual adds, concatenations,
+    flattens) on the dense model first; then each layer is cut once with the union of its indices,
+    so no index goes stale. Layers left with no channels are replaced by `ZeroChannels` /
+    `ConstantOutput` / `Identity`, which reproduce them exactly at no cost.
+
+    Args:
+        model: the dense model the plan was made for (modified in place).
+        plan: the plan; validated against the model's groups first.
+        example_inputs: an input batch for tracing.
+        graph: the model's `find_groups` result, if already at hand.
+    """
+    import torch_pruning as tp
+
+    graph = graph or find_groups(model, example_inputs)
+    plan.validate(graph)
+    DG = build_dependency_graph(model, example_inputs)
+    mods = dict(model.named_modules())
+    work: dict[tuple, list] = {}
+    for gp in plan.groups:
+        drop = sorted(set(range(gp.size)) - set(gp.keep))
+        if not drop:
+            continue
+        root = mods[gp.name]
+        pruner = DG.get_pruner_of_module(root)
+        group = DG.get_pruning_group(root, pruner.prune_out_channels, drop)
+        for item in group.items:
+            key = (id(item.dep.target), item.dep.handler)
+            entry = work.setdefault(key, [item.dep.target, item.dep.handler, set()])
+            entry[2].update(int(i) for i in item.idxs)
+    dummy = (tp.ops._ElementWiseOp, tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp, tp.ops._OutputOp,
+             tp.ops._UnbindOp, tp.ops._ExpandOp, tp.ops._SliceOp)
+    with torch.no_grad():
+        for node, handler, idxs in work.values():
+            target = node.module
+            if isinstance(target, dummy):
+                continue
+            idxs = sorted(idxs)
+            if isinstance(target, nn.Parameter):
+                name = DG._param_to_name[target]
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, attr, handler(target, idxs))
+            else:
+                try:
+                    handler(target, idxs)
+                except PlanError:
+                    raise
+                except Exception as e:
+                    raise PlanError(f"cannot cut {DG._module2name.get(target, target)}: {type(e).__name__}: {e}") from e
+    _collapse_zero_width_(model)
+    return model

