@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .graph import ChannelGraph
 from .measure.flops import count_flops
@@ -73,22 +75,22 @@ class CostModel:
             gated = sum(len(s.layer_idxs) for _, s in found)
             return _Count(total, total - gated, [(gi, torch.tensor(s.root_idxs, dtype=torch.long)) for gi, s in found])
 
-        producer_of = _producers(model, example_inputs, {m for m, r in sites if r in ("out", "dw", "chan")})
         self.terms: list[_Term] = []
         for name, f in report.by_module.items():
             m = mods.get(name)
             is_layer = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-            if not f or m is None or (next(m.children(), None) is not None and not is_layer):
-                continue  # parents aggregate their children; their own functional ops stay constant
+            if not f or m is None or isinstance(m, _CHANNEL_PRESERVING) or (next(m.children(), None) is not None and not is_layer):
+                continue  # parents aggregate their children; pooling is traced below
             per_channel = count(name, "dw") or count(name, "chan")
             inp, out = count(name, "in"), count(name, "out")
-            if per_channel is None and isinstance(m, _CHANNEL_PRESERVING) and name in producer_of:
-                src = producer_of[name]
-                per_channel = count(src, "out") or count(src, "dw") or count(src, "chan")
             if per_channel is not None:
                 self.terms.append(_Term(name, float(f), None, per_channel))
             elif inp is not None or out is not None:
                 self.terms.append(_Term(name, float(f), inp, out))
+        for f, src in _per_channel_ops(model, example_inputs, {m for m, r in sites if r in ("out", "dw", "chan")}):
+            c = src and (count(src, "chan") or count(src, "dw") or count(src, "out"))
+            if c:
+                self.terms.append(_Term(f"{src}->pool", f, None, c))
         self.constant = self.dense - sum(t.flops for t in self.terms)
         self.gated_fraction = (sum(t.flops for t in self.terms) / self.dense) if self.dense else 0.0
 
@@ -106,36 +108,57 @@ class CostModel:
         return float(self.flops(plan.keep_masks(graph)))
 
 
-def _producers(model: nn.Module, example_inputs: torch.Tensor, known: set[str]) -> dict[str, str]:
-    """For each channel-preserving leaf (pooling, upsampling): the nearest known layer upstream
-    whose channels it carries, found by walking autograd's graph along first inputs."""
+class _PerChannelOps(TorchFunctionMode):
+    """Records the per-channel ops fvcore counts (adaptive average pooling, upsampling) whether a
+    module or the forward code calls them, with fvcore's own count and the autograd node of the
+    input, so that their cost can follow the channels they carry."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[float, object]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.adaptive_avg_pool2d and args and torch.is_tensor(args[0]) and args[0].dim() >= 3:
+            self.calls.append((float(args[0].numel()), args[0].grad_fn))
+        elif func is F.interpolate and args and torch.is_tensor(args[0]) and torch.is_tensor(out):
+            mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+            scale = {"nearest": 1.0, "bilinear": 4.0}.get(mode)
+            if scale and out.dim() == 4:
+                self.calls.append((scale * out.numel(), args[0].grad_fn))
+        return out
+
+
+def _per_channel_ops(model: nn.Module, example_inputs: torch.Tensor, known: set[str]) -> list[tuple[float, str | None]]:
+    """(fvcore FLOPs, nearest known layer upstream) of each per-channel op, found by walking
+    autograd's graph along first inputs from the op's input to a layer of a channel group."""
     fn2name: dict = {}
-    inputs: dict[str, object] = {}
     hooks = []
     for name, m in model.named_modules():
         if name in known:
             hooks.append(m.register_forward_hook(
                 lambda mod, i, o, name=name: fn2name.__setitem__(o.grad_fn, name) if torch.is_tensor(o) else None))
-        elif isinstance(m, _CHANNEL_PRESERVING):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, a, name=name: inputs.__setitem__(name, a[0].grad_fn) if a and torch.is_tensor(a[0]) else None))
     was_training = model.training
     model.eval()
+    mode = _PerChannelOps()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), mode:
             model(example_inputs)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    out = {}
-    for name, fn in inputs.items():
+    out = []
+    for flops, fn in mode.calls:
+        src = None
         for _ in range(64):
             if fn is None:
                 break
             if fn in fn2name:
-                out[name] = fn2name[fn]
+                src = fn2name[fn]
                 break
             nxt = [f for f, _ in fn.next_functions if f is not None]
             fn = nxt[0] if nxt else None
+        out.append((flops, src))
     return out

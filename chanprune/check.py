@@ -13,11 +13,11 @@ from .budget import CostModel
 from .export import DEFAULT_ATOL, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx, within_tolerance
 from .freeze import random_plan
 from .gates import attach_gates
-from .graph import find_groups
+from .graph import ChannelGraph, find_groups
 from .measure.flops import count_flops, count_params
 from .surgery import apply_plan_
 
-__all__ = ["CheckReport", "check_model", "perturb_batchnorm_"]
+__all__ = ["CheckReport", "check_model", "collapsible_groups", "perturb_batchnorm_"]
 
 
 @dataclass
@@ -63,16 +63,47 @@ def perturb_batchnorm_(model: nn.Module, *, seed: int = 0) -> nn.Module:
     return model
 
 
+def collapsible_groups(model: nn.Module, graph: ChannelGraph, x: torch.Tensor, *, limit: int = 1,
+                       tries: int = 8) -> list[str]:
+    """Groups that can be removed whole while the output still depends on the input (a residual
+    branch, one branch of a concat): removing a group of a plain chain makes everything after it
+    constant, which would make any comparison downstream of it vacuous. Tried from the middle of
+    the network outwards, at most `tries` groups."""
+    heads = set(graph.heads)
+    cands = [i for i, g in enumerate(graph.groups) if not any(s.module in heads for s in g.consumers)]
+    mid = (len(cands) - 1) / 2
+    cands = [i for _, i in sorted((abs(pos - mid), i) for pos, i in enumerate(cands))]
+    x2 = torch.randn_like(x)
+    gates = attach_gates(model, graph)
+    found: list[str] = []
+    try:
+        for gi in cands[:tries]:
+            masks = [torch.ones(g.size) for g in graph.groups]
+            masks[gi] = torch.zeros(graph.groups[gi].size)
+            gates.fix_(masks)
+            with torch.no_grad():
+                y1, y2 = model(x), model(x2)
+            if not torch.allclose(y1, y2, atol=1e-6, rtol=1e-5):
+                found.append(graph.groups[gi].name)
+                if len(found) >= limit:
+                    break
+    finally:
+        gates.detach_()
+    return found
+
+
 def check_model(model: nn.Module, *, arch: str, input_shape: list[int], keep: float = 0.5, seed: int = 0,
-                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, onnx: bool = True,
+                zero_width: int = 1, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, onnx: bool = True,
                 ignored: tuple[str, ...] = ()) -> CheckReport:
-    """Gate `model`, cut a random plan (one zero-width group where possible), compare outputs."""
+    """Gate `model`, cut a random plan that keeps about `keep` of each group and removes
+    `zero_width` groups whole (where the model has such groups), and compare outputs."""
     model = model.eval()
     torch.manual_seed(seed)
     x = torch.randn(*input_shape)
     graph = find_groups(model, x, ignored=ignored)
     cost = CostModel(model, x, graph)
-    plan = random_plan(graph, keep=keep, seed=seed, arch=arch, input_shape=list(input_shape))
+    zero = collapsible_groups(model, graph, x, limit=zero_width) if zero_width else []
+    plan = random_plan(graph, keep=keep, seed=seed, zero=tuple(zero), arch=arch, input_shape=list(input_shape))
     slim = copy.deepcopy(model)
     gates = attach_gates(model, graph).fix_(plan.keep_masks(graph))
     try:

@@ -76,32 +76,34 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
     return PrunePlan(groups, arch, input_shape, tau)
 
 
-def random_plan(graph: ChannelGraph, *, keep: float = 0.5, seed: int = 0, zero_width: int = 1,
+def random_plan(graph: ChannelGraph, *, keep: float = 0.5, seed: int = 0, zero: tuple[str, ...] = (),
                 arch: str | None = None, input_shape: list[int] | None = None) -> PrunePlan:
-    """A random plan keeping about `keep` of each group, with `zero_width` groups fully removed.
-
-    The zero-width groups are picked among those no head consumes, from the middle of the network,
-    so that collapsing them leaves the rest of the network working.
-    """
+    """A random plan keeping about `keep` of each group (at least one channel), and none of the
+    groups named in `zero` (removed whole). Grouped convs keep equal counts per conv group."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
+    names = {g.name for g in graph.groups}
+    unknown = [z for z in zero if z not in names]
+    if unknown:
+        raise ValueError(f"no channel group named {unknown[0]!r}")
     gen = torch.Generator().manual_seed(seed)
-    heads = set(graph.heads)
-    candidates = [i for i, g in enumerate(graph.groups) if not any(s.module in heads for s in g.consumers)]
-    zero = set()
-    if zero_width and candidates:
-        mid = len(candidates) // 2
-        zero = set(candidates[mid:mid + zero_width])
     groups = []
-    for i, g in enumerate(graph.groups):
+    for g in graph.groups:
         scores = torch.rand(g.size, generator=gen)
-        if i in zero:
-            k = 0
+        if g.name in zero:
+            kept = []
         else:
             k = max(1, int(round(keep * g.size)))
-        kept = sorted(int(j) for j in torch.argsort(scores, descending=True)[:k])
-        kept = _equalise(kept, scores, g)
-        if i not in zero and not kept:
-            kept = _equalise(list(range(g.size)), scores, g)
+            kept = _equalise(sorted(int(j) for j in torch.argsort(scores, descending=True)[:k]), scores, g)
+            if not kept:  # equal counts per conv group rounded to zero: keep one per conv group
+                kept = _top_per_part(scores, g, 1)
         groups.append(GroupPlan(g.name, g.size, kept, None))
-    return PrunePlan(groups, arch, input_shape, None, {"random": True, "keep": keep, "seed": seed})
+    return PrunePlan(groups, arch, input_shape, None, {"random": True, "keep": keep, "seed": seed, "zero": list(zero)})
+
+
+def _top_per_part(scores: torch.Tensor, group: ChannelGroup, k: int) -> list[int]:
+    out = []
+    for part in group.partition or [list(range(group.size))]:
+        idx = torch.tensor(part)
+        out.extend(int(idx[i]) for i in torch.argsort(scores[idx], descending=True)[:k])
+    return sorted(out)

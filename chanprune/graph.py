@@ -230,7 +230,7 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: tupl
                 continue
             if role == "param":
                 mname = DG._param_to_name.get(mod, "?")
-                channels = mod.shape[item.dep.handler.__self__.pruning_dim] if hasattr(item.dep.handler, "__self__") else len(item.idxs)
+                channels = mod.shape[item.dep.target.pruning_dim]
             else:
                 mname = names[mod]
                 channels = _channels(mod, role)

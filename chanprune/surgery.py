@@ -8,7 +8,7 @@ from .errors import PlanError
 from .graph import ChannelGraph, build_dependency_graph, find_groups
 from .plan import PrunePlan
 
-__all__ = ["apply_plan_", "ZeroChannels", "ConstantOutput"]
+__all__ = ["apply_plan_", "ZeroChannels", "ConstantOutput", "EmptyPool"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -70,6 +70,44 @@ class ConstantOutput(nn.Module):
             return self.value.expand(*x.shape[:-1], self.value.numel()).contiguous()  # in-place ops may follow
         spatial = self.geometry.out_spatial(x)
         return self.value.view(1, -1, *([1] * (x.dim() - 2))).expand(x.shape[0], self.value.numel(), *spatial).contiguous()
+
+
+class EmptyPool(nn.Module):
+    """Stands in for a pooling layer whose input has no channels left (onnxruntime rejects pooling
+    an empty tensor): pools a single zero channel to learn the output size, returns it empty."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probe = self.pool(x.new_zeros((1, 1, *x.shape[2:])))
+        return x.new_zeros((x.shape[0], 0, *probe.shape[2:]))
+
+
+_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+          nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d,
+          nn.MaxPool2d, nn.MaxPool3d)
+
+
+def _collapse_empty_pools_(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Replace pooling layers that receive zero channels (found by one forward pass)."""
+    empty: list[str] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, a, name=name: empty.append(name) if a and torch.is_tensor(a[0]) and a[0].dim() > 2 and a[0].shape[1] == 0 else None)
+        for name, m in model.named_modules() if isinstance(m, _POOLS)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for name in dict.fromkeys(empty):
+        _set_module(model, name, EmptyPool(model.get_submodule(name)))
+    return empty
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -137,12 +175,12 @@ def apply_plan_(model: nn.Module, plan: PrunePlan, example_inputs: torch.Tensor,
         group = DG.get_pruning_group(root, pruner.prune_out_channels, drop)
         for item in group.items:
             key = (id(item.dep.target), item.dep.handler)
-            entry = work.setdefault(key, [item.dep.target, item.dep.handler, set()])
+            entry = work.setdefault(key, [item.dep.target, item.dep, set()])
             entry[2].update(int(i) for i in item.idxs)
     dummy = (tp.ops._ElementWiseOp, tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp, tp.ops._OutputOp,
              tp.ops._UnbindOp, tp.ops._ExpandOp, tp.ops._SliceOp)
     with torch.no_grad():
-        for node, handler, idxs in work.values():
+        for node, dep, idxs in work.values():
             target = node.module
             if isinstance(target, dummy):
                 continue
@@ -151,13 +189,14 @@ def apply_plan_(model: nn.Module, plan: PrunePlan, example_inputs: torch.Tensor,
                 name = DG._param_to_name[target]
                 parent_name, _, attr = name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, attr, handler(target, idxs))
+                setattr(parent, attr, dep(idxs))  # the Dependency sets the parameter's pruning dim
             else:
                 try:
-                    handler(target, idxs)
+                    dep(idxs)
                 except PlanError:
                     raise
                 except Exception as e:
                     raise PlanError(f"cannot cut {DG._module2name.get(target, target)}: {type(e).__name__}: {e}") from e
-    _collapse_zero_width_(model)
+    if _collapse_zero_width_(model):
+        _collapse_empty_pools_(model, example_inputs)
     return model

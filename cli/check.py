@@ -15,6 +15,8 @@ from ._util import INPUT_SHAPE, echo_json, fmt_count, handle_errors
               help="Example input N,C,H,W (the channel count must match --in-channels).")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Fraction of each group's channels the random plan keeps.")
+@click.option("--zero-width", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Groups to remove whole (0: none), chosen where the output still depends on the input.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random plan and input.")
 @click.option("--ignore", multiple=True, metavar="NAME", help="Keep this layer's output channels ungated (repeatable).")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Absolute tolerance.")
@@ -22,7 +24,7 @@ from ._util import INPUT_SHAPE, echo_json, fmt_count, handle_errors
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Also export the slim model and compare onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @handle_errors
-def check(arch, weights, num_classes, in_channels, input_shape, keep, seed, ignore, atol, rtol, onnx, as_json):
+def check(arch, weights, num_classes, in_channels, input_shape, keep, zero_width, seed, ignore, atol, rtol, onnx, as_json):
     """Will ARCH prune exactly? Gate every channel group, cut a random plan that keeps about
     --keep of each group (and removes one whole group where the model has one), and compare the
     slim model with the gated one, then onnxruntime with the slim model.
@@ -46,7 +48,7 @@ def check(arch, weights, num_classes, in_channels, input_shape, keep, seed, igno
     if weights is None:
         perturb_batchnorm_(model, seed=seed)
     try:
-        report = check_model(model, arch=arch, input_shape=input_shape, keep=keep, seed=seed, atol=atol,
+        report = check_model(model, arch=arch, input_shape=input_shape, keep=keep, seed=seed, zero_width=zero_width, atol=atol,
                              rtol=rtol, onnx=onnx, ignored=tuple(ignore))
     except UnsupportedModelError as e:
         if as_json:
