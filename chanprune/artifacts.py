@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -104,10 +105,10 @@ def _safe_torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if re.search(r"Unsupported global|Unsupported class|GLOBAL|REDUCE|Trying to call|Can only build", str(e)):
             raise ArtifactError(f"{path}: refused to load: it holds Python objects that are not weights "
                                 "(chanprune loads with weights_only=True and never runs code from a file)") from e
-        raise ArtifactError(f"{path}: not a PyTorch file ({first})") from e
+        raise ArtifactError(f"{path}: not a PyTorch file (unreadable pickle data)") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not a readable PyTorch file (truncated or corrupt: {type(e).__name__})") from e
 
@@ -135,7 +136,7 @@ def provenance(seed: int | None = None) -> dict:
                              timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"chanprune": __version__, "torch": torch.__version__, "seed": seed,
+    return {"chanprune": str(__version__), "torch": str(torch.__version__), "seed": seed,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git": rev}
 
 

@@ -134,6 +134,12 @@ def find_heads(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     try:
         with torch.enable_grad():
             out = model(example_inputs)
+    except (RuntimeError, ValueError, IndexError) as e:
+        from .errors import ChanpruneError
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ChanpruneError(f"the model does not run on an input of shape {list(example_inputs.shape)}: "
+                             f"{first[:300]}") from e
     finally:
         model.train(was_training)
         for h in hooks:

@@ -10,6 +10,7 @@ import copy
 import importlib
 import inspect
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -154,6 +155,9 @@ def _load_user_factory(spec: str) -> Callable[..., nn.Module]:
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise UnknownArchError(f"--arch {spec!r}: expected `module:function`")
+    # Like uvicorn, look in the working directory first: `--arch mymodel:make` in a project folder.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(mod_name)
     except Exception as e:
@@ -189,7 +193,7 @@ def build_model(arch: str, *, num_classes: int | None = None, in_channels: int =
     path_weights = weights is not None and (os.sep in weights or weights.endswith((".pt", ".pth")))
     named_weights = weights if (weights is not None and not path_weights) else None
     if ":" in arch:
-        model = _call_with_supported(_load_user_factory(arch), num_classes=num_classes)
+        model = _call_with_supported(_load_user_factory(arch), num_classes=num_classes, in_channels=in_channels)
         if not isinstance(model, nn.Module):
             raise UnknownArchError(f"--arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
         if named_weights:
@@ -218,7 +222,11 @@ def build_model(arch: str, *, num_classes: int | None = None, in_channels: int =
     else:
         raise UnknownArchError(
             f"unknown arch {arch!r}; choose one of: {', '.join(list_archs())} (or module:function)")
-    if in_channels != 3 and ":" not in arch and arch != "efficientnet_lite0":
+    stem = _first_conv(model)
+    if stem is not None and stem[1].in_channels != in_channels and arch != "efficientnet_lite0":
+        if ":" in arch and stem[1].in_channels != 3:
+            raise UnknownArchError(f"--arch {arch!r} builds a model with {stem[1].in_channels} input channels, "
+                                   f"not {in_channels}; pass --in-channels {stem[1].in_channels}")
         _adapt_stem_(model, in_channels)
     if path_weights:
         from .artifacts import load_state_dict_file
@@ -228,7 +236,8 @@ def build_model(arch: str, *, num_classes: int | None = None, in_channels: int =
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()
-            raise ArtifactError(f"--weights {weights}: does not fit {arch}: {first[1].strip() if len(first) > 1 else first[0]}") from e
+            detail = first[1].strip() if len(first) > 1 else first[0]
+            raise ArtifactError(f"--weights {weights}: does not fit {arch}: {detail[:200]}{'...' if len(detail) > 200 else ''}") from e
     return model.eval()
 
 

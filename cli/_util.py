@@ -35,6 +35,24 @@ class InputShape(click.ParamType):
 INPUT_SHAPE = InputShape()
 
 
+class Tolerance(click.ParamType):
+    """A finite, non-negative float."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v) or v < 0:
+            self.fail(f"{value!r} must be a finite number >= 0", param, ctx)
+        return v
+
+
+TOLERANCE = Tolerance()
+
+
 def handle_errors(fn):
     """Turn chanprune's input errors into `BadInput` (exit 2, one line, no traceback)."""
 

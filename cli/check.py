@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._util import INPUT_SHAPE, echo_json, fmt_count, handle_errors
+from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
 
 
 @click.command()
@@ -19,8 +19,8 @@ from ._util import INPUT_SHAPE, echo_json, fmt_count, handle_errors
               help="Groups to remove whole (0: none), chosen where the output still depends on the input.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random plan and input.")
 @click.option("--ignore", multiple=True, metavar="NAME", help="Keep this layer's output channels ungated (repeatable).")
-@click.option("--atol", type=click.FloatRange(min=0), default=1e-5, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Tolerance relative to max|output|.")
+@click.option("--atol", type=TOLERANCE, default=1e-5, show_default=True, help="Absolute tolerance.")
+@click.option("--rtol", type=TOLERANCE, default=1e-4, show_default=True, help="Tolerance relative to max|output|.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Also export the slim model and compare onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @handle_errors

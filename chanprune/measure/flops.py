@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,7 +28,10 @@ class FlopReport:
 
 def count_flops(model: nn.Module, inputs: torch.Tensor) -> FlopReport:
     """fvcore's count for `model` on `inputs` (the model is put in eval mode and restored)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        # fvcore's focal loss module calls the deprecated torch.jit.script at import time.
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

@@ -1,0 +1,32 @@
+# The two commands that set everything up on a fresh machine:
+#   make demo   venv + install + the main job on an embedded default
+#   make test   venv + install + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build this project is tested with; setup.cfg admits a range.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-slow demo clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) examples/check_models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from chanprune.gates import GumbelGate, attach_gates
+from chanprune.graph import find_groups
+from tests import nets
+
+X = torch.randn(4, 3, 16, 16)
+
+
+def test_gate_starts_nearly_open():
+    g = GumbelGate(10)
+    assert torch.allclose(g.probs(), torch.sigmoid(torch.tensor(3.9)).expand(10))
+    assert g.logits.shape == (10, 2)
+
+
+def test_sample_is_hard_per_example_and_straight_through():
+    g = GumbelGate(6, init=(0.0, 0.0))
+    z = g.sample(5)
+    assert z.shape == (5, 6)
+    assert set(z.unique().tolist()) <= {0.0, 1.0}
+    (z * torch.arange(6.0)).sum().backward()
+    assert g.logits.grad is not None and g.logits.grad.abs().sum() > 0
+
+
+def test_sample_rate_matches_probability():
+    g = GumbelGate(1, init=(0.0, 1.0))  # p = sigmoid(1) = 0.731
+    torch.manual_seed(1)
+    rate = g.sample(20000).mean().item()
+    assert abs(rate - torch.sigmoid(torch.tensor(1.0)).item()) < 0.01
+
+
+def test_eval_modes():
+    g = GumbelGate(3)
+    with torch.no_grad():
+        g.logits.copy_(torch.tensor([[0.0, 2.0], [2.0, 0.0], [0.0, 0.1]]))
+    assert g.deterministic("threshold", 0.5).tolist() == [[1.0, 0.0, 1.0]]
+    assert g.deterministic("threshold", 0.6).tolist() == [[1.0, 0.0, 0.0]]
+    assert g.deterministic("on", 0.5).tolist() == [[1.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="unknown gate eval mode"):
+        g.deterministic("bogus", 0.5)
+
+
+def test_one_sample_shared_by_all_consumers_of_a_group():
+    m = nets.Residual().train()
+    graph = find_groups(m, X)
+    gates = attach_gates(m, graph)
+    seen = {}
+    stream = next(i for i, gr in enumerate(graph.groups) if len(gr.consumers) > 2)
+    names = [s.module for s in graph.groups[stream].consumers]
+    hooks = [m.get_submodule(n).register_forward_pre_hook(
+        lambda mod, a, n=n: seen.__setitem__(n, (a[0].abs().sum((2, 3)) == 0) if a[0].dim() == 4 else (a[0] == 0)))
+        for n in names]
+    with torch.no_grad():
+        gates.gates[stream].logits.copy_(torch.tensor([[0.0, 0.0]]).repeat(graph.groups[stream].size, 1))
+    m(X)
+    z = gates.current()[stream]
+    assert z.shape == (4, graph.groups[stream].size)
+    for n in names:  # every consumer saw exactly the channels the one sample switched off
+        assert torch.equal(seen[n], z == 0), n
+    for h in hooks:
+        h.remove()
+
+
+def test_gradients_reach_gate_logits_through_the_model():
+    m = nets.Concat().train()
+    graph = find_groups(m, X)
+    gates = attach_gates(m, graph)
+    m(X).square().mean().backward()
+    assert all(g.logits.grad is not None and g.logits.grad.abs().sum() > 0 for g in gates.gates)
+
+
+def test_fixed_masks_and_detach():
+    m = nets.Chain().eval()
+    graph = find_groups(m, X)
+    with torch.no_grad():
+        y0 = m(X)
+    gates = attach_gates(m, graph).fix_([torch.zeros(g.size) for g in graph.groups])
+    with torch.no_grad():
+        y_off = m(X)
+    assert torch.allclose(y_off, y_off[:1].expand_as(y_off))  # everything off: a constant
+    gates.detach_()
+    with torch.no_grad():
+        assert torch.equal(m(X), y0)
+
+
+def test_attach_to_other_architecture_fails():
+    graph = find_groups(nets.Chain().eval(), X)
+    with pytest.raises(ValueError, match="another architecture"):
+        attach_gates(nets.Concat().eval(), graph)
