@@ -44,6 +44,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         raise ArtifactError(f"cannot write {path}: {e.strerror or e}") from e
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an artifact is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,7 +112,8 @@ def _safe_torch_load(path: Path):
             raise ArtifactError(f"{path}: refused to load: it holds Python objects that are not weights "
                                 "(chanprune loads with weights_only=True and never runs code from a file)") from e
         raise ArtifactError(f"{path}: not a PyTorch file (unreadable pickle data)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError, IndexError,
+            KeyError, TypeError, AttributeError) as e:  # torch's safe unpickler raises all of these on garbage
         raise ArtifactError(f"{path}: not a readable PyTorch file (truncated or corrupt: {type(e).__name__})") from e
 
 
@@ -168,9 +172,13 @@ def load_slim(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.M
         raise ArtifactError(f"{path} holds a {saved}, not a {arch}")
     plan = PrunePlan.from_dict(obj.get("plan"))
     kwargs = obj.get("build_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for k, v in kwargs.items()
+                                               if k in ("num_classes", "in_channels")):
+        raise ArtifactError(f"{path}: 'build_kwargs' must map num_classes/in_channels to integers")
     shape = obj.get("input_shape")
-    if not isinstance(shape, list) or len(shape) < 2:
-        raise ArtifactError(f"{path}: missing 'input_shape'")
+    if (not isinstance(shape, list) or len(shape) < 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ArtifactError(f"{path}: 'input_shape' must be a list of positive integers")
     model = build_model(saved, **{k: v for k, v in kwargs.items() if k in ("num_classes", "in_channels")})
     apply_plan_(model, plan, torch.zeros([1, *shape[1:]]))
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,10 @@ from .errors import ArtifactError, PlanError
 from .graph import ChannelGraph
 
 __all__ = ["GroupPlan", "PrunePlan", "PLAN_FORMAT"]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 PLAN_FORMAT = "chanprune.plan"
 PLAN_SCHEMA_VERSION = 1
@@ -85,7 +90,7 @@ class PrunePlan:
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
             raise ArtifactError("not a chanprune plan (no 'format': 'chanprune.plan')")
         v = d.get("schema_version")
-        if v != PLAN_SCHEMA_VERSION:
+        if type(v) is not int or v != PLAN_SCHEMA_VERSION:
             raise ArtifactError(f"plan schema_version {v!r} is not supported (this chanprune reads "
                                 f"{PLAN_SCHEMA_VERSION}); re-export the plan with this version")
         groups = d.get("groups")
@@ -105,19 +110,25 @@ class PrunePlan:
             if len(set(keep)) != len(keep) or any(k < 0 or k >= size for k in keep):
                 raise ArtifactError(f"plan group {name!r}: 'keep' indices must be unique and in [0, {size})")
             if probs is not None and (not isinstance(probs, list) or len(probs) != size
-                                      or not all(isinstance(p, (int, float)) for p in probs)):
-                raise ArtifactError(f"plan group {name!r}: 'probs' must be {size} numbers")
+                                      or not all(_is_number(p) and 0.0 <= p <= 1.0 for p in probs)):
+                raise ArtifactError(f"plan group {name!r}: 'probs' must be {size} numbers in [0, 1]")
+            if any(o.name == name for o in out):
+                raise ArtifactError(f"plan group {name!r} appears twice")
             out.append(GroupPlan(name, size, sorted(keep), [float(p) for p in probs] if probs is not None else None))
         shape = d.get("input_shape")
-        if shape is not None and (not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape)):
+        if shape is not None and (not isinstance(shape, list)
+                                  or not all(type(s) is int and s > 0 for s in shape)):
             raise ArtifactError("plan 'input_shape' must be a list of positive integers")
         tau = d.get("tau")
-        if tau is not None and not isinstance(tau, (int, float)):
-            raise ArtifactError("plan 'tau' must be a number")
+        if tau is not None and not (_is_number(tau) and 0.0 <= tau <= 1.0):
+            raise ArtifactError("plan 'tau' must be a number in [0, 1]")
+        arch = d.get("arch")
+        if arch is not None and not isinstance(arch, str):
+            raise ArtifactError("plan 'arch' must be a string")
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise ArtifactError("plan 'meta' must be an object")
-        return cls(out, d.get("arch"), shape, tau, meta)
+        return cls(out, arch, shape, tau, meta)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -133,6 +144,10 @@ class PrunePlan:
     # ------------------------------------------------------------------ validation
     def validate(self, graph: ChannelGraph) -> "PrunePlan":
         """Check the plan against the model's groups before it touches the model."""
+        names = [gp.name for gp in self.groups]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise PlanError(f"plan group {dup!r} appears twice")
         for gp in self.groups:
             try:
                 g = graph.group(gp.name)
