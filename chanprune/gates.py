@@ -119,10 +119,12 @@ class GateSet(nn.Module):
             self._z = [m.to(self.gates[i].logits.device) for i, m in enumerate(self._fixed)]
         elif module.training:
             self._z = [g.sample(batch) for g in self.gates]
-        elif self.eval_mode == "stochastic":
-            self._z = [g.sample(batch).detach() for g in self.gates]
         else:
-            self._z = [g.deterministic(self.eval_mode, self.tau) for g in self.gates]
+            with torch.no_grad():
+                if self.eval_mode == "stochastic":
+                    self._z = [g.sample(batch) for g in self.gates]
+                else:
+                    self._z = [g.deterministic(self.eval_mode, self.tau) for g in self.gates]
 
     def _make_hook(self, entries):
         def hook(module, args):

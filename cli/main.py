@@ -6,6 +6,7 @@ import warnings
 import click
 
 from .check import check
+from .learning import inspect, learn, train
 
 
 def _version() -> str:
@@ -33,6 +34,9 @@ def main():
 
 
 main.add_command(check)
+main.add_command(train)
+main.add_command(learn)
+main.add_command(inspect)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,167 @@
+"""`chanprune train`, `chanprune learn` and `chanprune inspect`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._progress import Reporter
+from ._util import BadInput, echo_json, handle_errors
+
+DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ inside) or cifar10:PATH."
+
+
+def _common(fn):
+    for opt in reversed([
+        click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...) or module:function."),
+        click.option("--data", required=True, help=DATA_HELP),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder (RUN)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Default: the data's classes."),
+        click.option("--in-channels", type=click.IntRange(min=1), default=None,
+                     help="Default: what the model's stem takes (grayscale data is repeated to 3 channels)."),
+        click.option("--image-size", type=click.IntRange(min=4), default=None, help="Resize images (e.g. 64)."),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Data workers (in-memory data sets need none)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images."),
+        click.option("--resume", is_flag=True, help="Continue from RUN/model.pt (optimizer, schedule, RNG, data order)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "model.pt").is_file():
+            raise BadInput(f"--resume: {out / 'model.pt'} does not exist; start the run without --resume")
+        return
+    if (out / "model.pt").exists():
+        raise BadInput(f"{out / 'model.pt'} exists: pass --resume to continue it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    import os
+
+    if not os.access(out, os.W_OK):
+        raise BadInput(f"--out {out}: the folder is not writable")
+
+
+def _finish(result: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        echo_json(result)
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@click.command()
+@_common
+@click.option("--weights", default=None, help="Start from DEFAULT, a torchvision weights name, or a .pt file.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@handle_errors
+def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+          resume, as_json, weights, lr):
+    """Plain baseline training: the "pretrained" model to learn gates on, on any data set.
+
+    Writes RUN/model.pt (a dense checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
+    """
+    from chanprune.learn import TrainConfig
+    from chanprune.runs import train_run
+
+    _prepare_out(out, resume)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    rep = Reporter()
+    try:
+        res = train_run(arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes,
+                        in_channels=in_channels, image_size=image_size, device=device, resume=resume, limit=limit,
+                        progress=rep)
+    except KeyboardInterrupt:
+        rep.close()
+        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
+        raise SystemExit(130)
+    _finish(res, as_json, [f"trained {arch}: best val accuracy {res['best']['val_accuracy']:.4f} "
+                           f"(epoch {res['best']['epoch']}), test accuracy {res['test_accuracy']:.4f}",
+                           f"wrote {res['model']}"])
+
+
+@click.command()
+@_common
+@click.option("--weights", default=None, help="DEFAULT, a torchvision weights name, or RUN/model.pt from `chanprune train`.")
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True), required=True,
+              help="Fraction of the dense FLOPs to keep (whole network, fvcore's count).")
+@click.option("--budget", type=click.Choice(["flops", "channels"]), default="flops", show_default=True,
+              help="flops: (t - FLOPs(Z)/FLOPs)^2; channels: the paper's batch activation loss (t - mean Z)^2.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
+@click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
+@click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Initial weight of the budget term; it rises while the FLOPs stay above target.")
+@click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fine-tune the weights with the frozen plan after learning.")
+@click.option("--calibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Re-estimate batch-norm statistics with K batches under the frozen plan.")
+@click.option("--ignore", multiple=True, metavar="NAME", help="Keep this layer's output channels ungated (repeatable).")
+@handle_errors
+def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+          resume, as_json, weights, target, budget, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore):
+    """Learn Gumbel-softmax channel gates under one global FLOPs target (Herrmann et al., ECCV 2020).
+
+    Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
+    Under torchrun the same command trains with DDP (NCCL on GPUs, gloo on CPU).
+    """
+    from chanprune.learn import LearnConfig
+    from chanprune.runs import learn_run
+
+    _prepare_out(out, resume)
+    cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
+                      budget=budget, tau=tau, finetune_epochs=finetune_epochs, calibrate_bn=calibrate_bn)
+    rep = Reporter()
+    try:
+        res = learn_run(arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes,
+                        in_channels=in_channels, image_size=image_size, ignore=tuple(ignore), device=device,
+                        resume=resume, limit=limit, progress=rep)
+    except KeyboardInterrupt:
+        rep.close()
+        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
+        raise SystemExit(130)
+    if res.get("already_complete"):
+        _finish(res, as_json, [f"{res['model']} is complete"])
+        return
+    lines = [f"learned {arch} at target {target}: predicted FLOPs {res['flops_ratio_predicted']:.3f} of dense at tau {tau}, "
+             f"{res['kept_channels']}/{res['gated_channels']} channels kept, {res['polarized']:.0%} of gates polarized",
+             f"val accuracy {res['val_accuracy']:.4f}, test accuracy {res['test_accuracy']:.4f}",
+             f"wrote {res['model']}"]
+    if res.get("polarization_warning"):
+        lines.append(f"warning: {res['polarization_warning']}")
+    _finish(res, as_json, lines)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--arch", default=None, help="Needed only for a model built from module:function.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def inspect(model, tau, arch, as_json):
+    """Polarization report and plan preview of a gated RUN/model.pt."""
+    from chanprune.runs import inspect_run
+
+    r = inspect_run(model, tau=tau, arch=arch)
+    if as_json:
+        echo_json(r)
+        return
+    pol = r["polarization"]
+    click.echo(f"{r['model']}: {r['arch']}, stage {r['stage']}, target {r['target']}")
+    click.echo(f"  polarized     {pol['polarized']:.1%} (p<0.05: {pol['low']:.1%}, p>0.95: {pol['high']:.1%}) of {pol['gates']} gates")
+    click.echo(f"  histogram     {' '.join(str(h) for h in pol['histogram'])}  (10 bins over [0, 1])")
+    click.echo(f"  at tau {tau}    {r['kept_channels']}/{r['gated_channels']} channels kept, "
+               f"predicted FLOPs {r['flops_ratio_at_tau']:.3f} of dense")
+    for g in r["groups"]:
+        click.echo(f"    {g['name']:<40} {g['kept']:>5}/{g['total']}")
+    if pol["warning"]:
+        click.echo(f"  warning: {pol['warning']}")
