@@ -59,19 +59,25 @@ def _equalise(keep: list[int], scores: torch.Tensor, group: ChannelGroup) -> lis
     return sorted(out)
 
 
-def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, arch: str | None = None,
-           input_shape: list[int] | None = None) -> PrunePlan:
+def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, min_keep: int = 0,
+           arch: str | None = None, input_shape: list[int] | None = None) -> PrunePlan:
     """Keep channel i of a group iff p_i > tau (Herrmann et al. 2020, 3.3).
 
     Grouped convolutions keep equal counts per conv group (the nearest to the thresholded counts,
-    chosen by p): the frozen gated model is then the model frozen with *this* plan.
+    chosen by p): the frozen gated model is then the model frozen with *this* plan. A group that
+    keeps some but fewer than `min_keep` channels keeps its `min_keep` most probable ones; a group
+    that keeps none stays removed whole (the surgeon collapses it exactly).
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
     groups = []
     for g, p in zip(graph.groups, probs):
         p = p.detach().float().cpu()
         keep = [int(i) for i in torch.nonzero(p > tau).flatten()]
+        if 0 < len(keep) < min_keep:
+            keep = sorted(int(i) for i in torch.argsort(p, descending=True, stable=True)[:min(min_keep, g.size)])
         groups.append(GroupPlan(g.name, g.size, _equalise(keep, p, g), [float(x) for x in p]))
     return PrunePlan(groups, arch, input_shape, tau)
 

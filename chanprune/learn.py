@@ -56,6 +56,7 @@ class LearnConfig(TrainConfig):
     gate_lr: float = 1.0  # Adam on the gate logits, constant: they polarize within a few hundred steps
     lr: float = 0.02  # the weights are pretrained: fine-tune gently
     tau: float = 0.5
+    min_keep: int = 0
     finetune_epochs: int = 0
     calibrate_bn: int = 0
 

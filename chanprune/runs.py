@@ -176,7 +176,7 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
             cost=cost, resume=ckpt, progress=progress, device=device, rank=rank, world=world,
             wrapped=_wrap(model, gates, world, device))
         ckpt = None
-    plan = freeze(graph, gates.probs(), tau=config.tau, arch=arch, input_shape=shape)
+    plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape)
     agree = _ranks_agree(plan, world)
     gates.fix_(plan.keep_masks(graph))
     if config.finetune_epochs:

@@ -106,9 +106,12 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--calibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-estimate batch-norm statistics with K batches under the frozen plan.")
 @click.option("--ignore", multiple=True, metavar="NAME", help="Keep this layer's output channels ungated (repeatable).")
+@click.option("--min-keep", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
-          resume, as_json, weights, target, budget, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore):
+          resume, as_json, weights, target, budget, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
+          min_keep):
     """Learn Gumbel-softmax channel gates under one global FLOPs target (Herrmann et al., ECCV 2020).
 
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
@@ -119,7 +122,8 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 
     _prepare_out(out, resume)
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
-                      budget=budget, tau=tau, finetune_epochs=finetune_epochs, calibrate_bn=calibrate_bn)
+                      budget=budget, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
+                      calibrate_bn=calibrate_bn)
     rep = Reporter()
     try:
         res = learn_run(arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes,

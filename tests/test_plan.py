@@ -390,3 +390,22 @@ def test_bad_probs_are_refused(probs):
     d = {"format": "chanprune.plan", "schema_version": 1, "groups": [{"name": "a", "size": 2, "keep": [0], "probs": probs}]}
     with pytest.raises(ArtifactError, match="probs"):
         PrunePlan.from_dict(d)
+
+
+def test_freeze_min_keep_tops_up_but_lets_groups_collapse():
+    from tests.nets import Chain
+
+    graph = find_groups(Chain().eval(), torch.randn(2, 3, 16, 16))
+    probs = []
+    for i, g in enumerate(graph.groups):
+        p = torch.full((g.size,), 0.01)
+        if i == 0:
+            p[3] = 0.9  # one channel above tau
+            p[5] = 0.4
+            p[7] = 0.3
+        probs.append(p)
+    plan = freeze(graph, probs, tau=0.5, min_keep=3)
+    assert plan.groups[0].keep == [3, 5, 7]
+    assert all(gp.keep == [] for gp in plan.groups[1:])  # nothing above tau: still removed whole
+    with pytest.raises(ValueError):
+        freeze(graph, probs, min_keep=-1)
