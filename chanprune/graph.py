@@ -250,6 +250,8 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: tupl
             unsupported.append({"name": root, "reason": reason})
             continue
         groups.append(ChannelGroup(root, size, _merge_sites(sites), partition))
+    order = {n: i for i, n in enumerate(names.values())}
+    groups.sort(key=lambda g: order.get(g.name, len(order)))  # network order, for people reading plans
     return ChannelGraph(groups, heads, unsupported, list(ignored))
 
 

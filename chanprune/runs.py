@@ -157,7 +157,9 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
         raise ChanpruneError(f"{arch} has no channel group that can be gated exactly: " +
                              "; ".join(f"{u['name']}: {u['reason']}" for u in graph.unsupported[:3]))
     cost = CostModel(model, x, graph)
-    header = _header(arch, classes, channels, shape, data, {"target": config.target, "ignore": list(ignore)})
+    header = _header(arch, classes, channels, shape, data, {"target": config.target, "ignore": list(ignore),
+                                                            "group_names": [g.name for g in graph.groups],
+                                                            "group_sizes": [g.size for g in graph.groups]})
     model.to(device)
     gates = GateSet(graph).to(device).attach_(model)
     ckpt = None
@@ -226,7 +228,7 @@ def _ranks_agree(plan: PrunePlan, world: int) -> bool:
 class GatedModel:
     """A gated checkpoint rebuilt: the model with its gates attached, its graph and cost model."""
 
-    def __init__(self, path: str | os.PathLike, *, arch: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, arch: str | None = None, input_shape: list[int] | None = None):
         ckpt = load_artifact(path, GATED_FORMAT)
         saved = ckpt.get("arch")
         if not isinstance(saved, str):
@@ -237,6 +239,11 @@ class GatedModel:
         shape = ckpt.get("input_shape")
         if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
             raise ArtifactError(f"{path}: missing 'input_shape'")
+        if input_shape is not None:
+            if len(input_shape) != len(shape) or input_shape[1] != shape[1]:
+                raise ChanpruneError(f"--input-shape {input_shape}: the model was learned on inputs like {shape} "
+                                     "(same rank and channels needed)")
+            shape = list(input_shape)
         self.ckpt, self.arch, self.input_shape = ckpt, saved, shape
         self.model = build_model(saved, num_classes=kwargs.get("num_classes"), in_channels=kwargs.get("in_channels", 3))
         try:
@@ -246,6 +253,9 @@ class GatedModel:
         x = torch.zeros(shape)
         self.graph: ChannelGraph = find_groups(self.model, x, ignored=tuple(ckpt.get("ignore") or ()))
         self.gates = GateSet(self.graph)
+        sizes = ckpt.get("group_sizes")
+        if sizes is not None and sizes != [g.size for g in self.graph.groups]:
+            raise ArtifactError(f"{path}: its channel groups differ from {saved}'s at input shape {shape}")
         try:
             self.gates.load_state_dict(ckpt["gate_logits"])
         except (RuntimeError, KeyError) as e:

@@ -6,6 +6,7 @@ import warnings
 import click
 
 from .check import check
+from .deploy import bench, evaluate, export, report
 from .learning import inspect, learn, train
 
 
@@ -37,6 +38,10 @@ main.add_command(check)
 main.add_command(train)
 main.add_command(learn)
 main.add_command(inspect)
+main.add_command(export)
+main.add_command(evaluate)
+main.add_command(bench)
+main.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,7 +16,7 @@ def sites(graph, name):
 def test_chain_groups_and_head():
     g = find_groups(nets.Chain().eval(), X)
     assert g.heads == ["fc"]
-    assert [grp.name for grp in g.groups][::-1] == ["features.0.0", "features.1.0", "features.2.0"]
+    assert [grp.name for grp in g.groups] == ["features.0.0", "features.1.0", "features.2.0"]  # network order
     assert sites(g, "features.1.0") == {("features.1.0", "out"), ("features.1.1", "chan"), ("features.2.0", "in")}
     assert ("fc", "in") in sites(g, "features.2.0")
     assert g.unsupported == []

@@ -1,0 +1,102 @@
+"""Latency: onnxruntime and torch on CPU (and CUDA where it is really there), A/B interleaved.
+
+Ratios are measured side by side in one process, round by round (A, B, A, B, ...), and the median
+of the per-round ratios is reported: a noisy machine slows both sides of a round alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_runner", "measure_interleaved"]
+
+BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
+
+
+@dataclass
+class LatencyReport:
+    name: str
+    backend: str
+    batch: int
+    threads: int
+    warmup: int
+    repeats: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend -> None when usable here, else why not."""
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    cuda = torch.cuda.is_available()
+    return {
+        "ort-cpu": None,
+        "ort-cuda": None if "CUDAExecutionProvider" in providers and cuda else
+        "onnxruntime's CUDA provider is not available (pip install 'chanprune[gpu]' on a machine with a GPU)",
+        "torch-cpu": None,
+        "torch-cuda": None if cuda else "torch sees no CUDA GPU",
+    }
+
+
+def make_runner(target, backend: str, shape: list[int], *, threads: int) -> Callable[[], None]:
+    """A no-argument callable that runs one batch. `target` is an ONNX path for ort-*, a module for torch-*."""
+    if backend.startswith("ort"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(target), sess_options=opts, providers=providers)
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        return lambda: sess.run(None, {name: x})
+    device = "cuda" if backend == "torch-cuda" else "cpu"
+    model = target.to(device).eval()
+    x = torch.randn(*shape, device=device)
+
+    def run():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def measure_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int = 5, rounds: int = 15,
+                        per_round: int = 5) -> dict[str, list[float]]:
+    """Per-call milliseconds for each runner, one list entry per round, runners alternating."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    names = list(runners)
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for k in order:
+            fn = runners[k]
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            times[k].append((time.perf_counter() - t0) * 1000 / per_round)
+    return times
+
+
+def summarize(name: str, backend: str, batch: int, threads: int, warmup: int, ms: list[float], per_round: int) -> LatencyReport:
+    q = np.percentile(ms, [50, 90])
+    return LatencyReport(name, backend, batch, threads, warmup, len(ms) * per_round, float(q[0]), float(q[1]),
+                         float(statistics.fmean(ms)))

@@ -1,0 +1,105 @@
+"""`report`: figures and a summary of a run (matplotlib, written atomically)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from .artifacts import atomic_write_bytes, atomic_write_text
+from .errors import ArtifactError
+
+__all__ = ["make_report"]
+
+
+def _save(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return str(path)
+
+
+def _jsons(run: Path, suffix: str) -> list[dict]:
+    out = []
+    for p in sorted(run.rglob(f"*{suffix}")):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def make_report(run: str | os.PathLike) -> dict:
+    """PNGs (kept channels per group, gate histogram, learning curves) and summary.md in RUN."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run)
+    ckpt_path = run / "model.pt"
+    if not run.is_dir() or not ckpt_path.is_file():
+        raise ArtifactError(f"{run}: not a run folder (no model.pt inside)")
+    from .artifacts import GATED_FORMAT, load_artifact
+    from .runs import inspect_run
+
+    files, rows = {}, []
+    ckpt = load_artifact(ckpt_path)
+    info = inspect_run(ckpt_path) if ckpt["format"] == GATED_FORMAT else None
+    if info:
+        groups = info["groups"]
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups)), 3.5))
+        xs = range(len(groups))
+        ax.bar(xs, [g["total"] for g in groups], color="#d9d9d9", label="original")
+        ax.bar(xs, [g["kept"] for g in groups], color="#3b75af", label="kept")
+        ax.set_xticks(list(xs), [g["name"] for g in groups], rotation=90, fontsize=7)
+        ax.set_ylabel("channels")
+        ax.set_title(f"{info['arch']}: kept channels per group (FLOPs {info['flops_ratio_at_tau']:.1%} of dense)")
+        ax.legend()
+        files["channels"] = _save(fig, run / "channels.png")
+        plt.close(fig)
+        pol = info["polarization"]
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar([i / 10 + 0.05 for i in range(10)], pol["histogram"], width=0.09, color="#3b75af")
+        ax.set_xlabel("gate probability p")
+        ax.set_ylabel("gates")
+        ax.set_title(f"polarization {pol['polarized']:.1%} (p<0.05 or p>0.95)")
+        files["polarization"] = _save(fig, run / "polarization.png")
+        plt.close(fig)
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(range(1, len(rows) + 1), [r["train_acc"] for r in rows], label="train acc")
+        ax.plot(range(1, len(rows) + 1), [r["val_accuracy"] for r in rows], label="val acc")
+        if any("flops_ratio_at_tau" in r for r in rows):
+            ax.plot(range(1, len(rows) + 1), [r.get("flops_ratio_at_tau", float("nan")) for r in rows], label="FLOPs at tau")
+            ax.plot(range(1, len(rows) + 1), [r.get("polarized", float("nan")) for r in rows], label="polarized")
+        ax.set_xlabel("epoch (learning, then fine-tuning)")
+        ax.legend(fontsize=8)
+        ax.set_title("learning curves")
+        files["curves"] = _save(fig, run / "curves.png")
+        plt.close(fig)
+    exports, evals, benches = _jsons(run, "export.json"), _jsons(run, ".eval.json"), _jsons(run, ".bench.json")
+    lines = [f"# {run.name}", "", "| what | value |", "|---|---|"]
+    if info:
+        lines += [f"| arch | {info['arch']} |", f"| target | {info['target']} |",
+                  f"| predicted FLOPs at tau {info['tau']} | {info['flops_ratio_at_tau']:.4f} |",
+                  f"| kept channels | {info['kept_channels']}/{info['gated_channels']} |",
+                  f"| polarized | {info['polarization']['polarized']:.1%} |"]
+    for e in exports:
+        kind = f"{Path(e['onnx']).parent.name}/ ({'dense' if e.get('dense') else 'slim'})"
+        lines += [f"| {kind} FLOPs (fvcore) | {e['flops_slim']:,} ({e['flops_ratio']:.1%} of {e['flops_dense']:,}) |",
+                  f"| {kind} params | {e['params_slim']:,} |",
+                  f"| {kind} parity | slim vs gated {e['slim_vs_gated']:.1e}, ORT vs slim {e['onnx_vs_slim']:.1e} |"]
+    for ev in evals:
+        lines.append(f"| accuracy of {Path(ev['model']).name} ({ev['kind']}, {ev['split']}) | {ev['accuracy']:.4f} |")
+    for b in benches:
+        for r in b.get("results", []):
+            sp = f", speedup {r['speedup']:.2f}x vs {Path(b['vs']).parent.name}/{Path(b['vs']).name}" if "speedup" in r else ""
+            lines.append(f"| latency {Path(b['model']).name} {r['backend']} batch {r['batch']} | "
+                         f"p50 {r['p50_ms']:.3f} ms{sp} |")
+    lines += ["", *[f"![{k}]({Path(v).name})" for k, v in files.items()], ""]
+    atomic_write_text(run / "summary.md", "\n".join(lines))
+    files["summary"] = str(run / "summary.md")
+    return {"run": str(run), "files": files, "summary": "\n".join(lines)}
