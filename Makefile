@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo clean
+.PHONY: venv data test test-slow demo check-demo clean
 
 venv: $(VENV)/.installed
 
@@ -25,7 +25,17 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-demo: venv
+# Fashion-MNIST from Debian's package (the default place chanprune looks); root installs it.
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass --data fashion-mnist:DIR)"; exit 2; fi
+
+demo: venv data
+	$(PY) examples/fmnist_demo.py
+
+check-demo: venv
 	$(PY) examples/check_models.py
 
 clean:

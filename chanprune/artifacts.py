@@ -141,7 +141,12 @@ def provenance(seed: int | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"chanprune": str(__version__), "torch": str(torch.__version__), "seed": seed,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git": rev}
+            "command": " ".join([_program(), *sys.argv[1:]]), "git": rev}
+
+
+def _program() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return "chanprune" if name in ("chanprune", "main.py", "__main__.py") else name
 
 
 # ----------------------------------------------------------------------------- slim models

@@ -42,8 +42,7 @@ def _stats(path: Path, shape: list[int], arch: str | None) -> dict:
     from .measure.flops import count_flops, count_params
 
     model = load_any(path, arch=arch)[1]
-    hooks_free = model
-    return {"flops": count_flops(hooks_free, torch.zeros([1, *shape[1:]])).total, "params": count_params(model),
+    return {"flops": count_flops(model, torch.zeros([1, *shape[1:]])).total, "params": count_params(model),
             "flops_source": "fvcore"}
 
 

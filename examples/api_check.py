@@ -1,4 +1,4 @@
-"""The Python API end to end on one model: groups -> gates -> plan -> cut -> ONNX, with parity.
+"""The Python API end to end: build, gate, learn briefly on digits, freeze, cut, export, bench.
 
 Run: python examples/api_check.py
 """
@@ -9,41 +9,57 @@ from pathlib import Path
 import torch
 
 import chanprune as cp
+from chanprune.data import load_data
+from chanprune.learn import LearnConfig, evaluate, fit
+from chanprune.measure.latency import make_runner, measure_interleaved
 
 
 def main():
     torch.manual_seed(0)
+    torch.set_num_threads(2)
+    data = load_data("digits", channels=3)                # scikit-learn's 8x8 digits, no download
     model = cp.build_model("resnet20", num_classes=10)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.zeros(1, 3, 8, 8)
 
-    graph = cp.find_groups(model, x)                     # channel groups (torch-pruning)
-    cost = cp.CostModel(model, x, graph)                 # FLOPs as a function of the masks
-    gates = cp.attach_gates(model, graph)                # one Gumbel gate per group
-    with torch.no_grad():                                # pretend learning closed ~half the gates
-        for g in gates.gates:
-            g.logits[torch.rand(g.num_channels) < 0.5, 1] = -4.0
-    plan = cp.freeze(graph, gates.probs(), tau=0.5, arch="resnet20", input_shape=[1, 3, 32, 32])
-    print(f"kept {plan.kept_channels}/{plan.total_channels} channels, "
-          f"predicted FLOPs {cost.plan_flops(plan, graph) / cost.dense:.1%}, "
-          f"polarized {cp.polarization(gates.probs()).polarized:.0%}")
-
-    gates.fix_(plan.keep_masks(graph))                   # the frozen gated model
-    with torch.no_grad():
-        y_gated = model(x)
-    gates.detach_()
-    slim = cp.apply_plan_(copy.deepcopy(model), plan, x, graph=graph)
-    with torch.no_grad():
-        y_slim = slim(x)
-    print(f"slim vs gated: max |diff| {(y_slim - y_gated).abs().max():.1e}; "
-          f"FLOPs {cp.count_flops(slim, x).total / cost.dense:.1%} of dense (fvcore)")
-
+    graph = cp.find_groups(model, x)                      # channel groups (torch-pruning)
+    cost = cp.CostModel(model, x, graph)                  # FLOPs as a function of the gate masks
+    gates = cp.attach_gates(model, graph)                 # one Gumbel gate per group
     with tempfile.TemporaryDirectory() as tmp:
-        cp.save_slim(Path(tmp) / "slim.pt", slim, arch="resnet20", plan=plan, input_shape=[1, 3, 32, 32],
+        tmp = Path(tmp)
+        fit(model, data.train, data.val, LearnConfig(epochs=6, batch_size=64, lr=0.1, target=0.5), out=tmp / "run",
+            header={"arch": "resnet20"}, gates=gates, cost=cost)
+
+        plan = cp.freeze(graph, gates.probs(), tau=0.5, arch="resnet20", input_shape=list(x.shape))
+        print(f"kept {plan.kept_channels}/{plan.total_channels} channels, predicted FLOPs "
+              f"{cost.plan_flops(plan, graph) / cost.dense:.1%}, polarized {cp.polarization(gates.probs()).polarized:.0%}")
+        model.eval()
+        gates.fix_(plan.keep_masks(graph))                # the frozen gated model
+        gated_acc = evaluate(model, data.test)["accuracy"]
+        gates.detach_()
+
+        slim = cp.apply_plan_(copy.deepcopy(model), plan, x, graph=graph)   # physical removal
+        torch.manual_seed(1)
+        xb = torch.randn(4, 3, 8, 8)
+        gates.attach_(model)
+        with torch.no_grad():
+            diff = (slim(xb) - model(xb)).abs().max().item()
+        gates.detach_()
+        print(f"test accuracy gated {gated_acc:.4f}, slim {evaluate(slim, data.test)['accuracy']:.4f}; "
+              f"slim vs gated max |diff| {diff:.1e}; FLOPs {cp.count_flops(slim, x).total / cost.dense:.1%} of dense (fvcore)")
+
+        cp.save_slim(tmp / "slim.pt", slim, arch="resnet20", plan=plan, input_shape=list(x.shape),
                      build_kwargs={"num_classes": 10})
-        reloaded, _ = cp.load_slim(Path(tmp) / "slim.pt")
-        onnx_path = cp.export_onnx(reloaded, x, Path(tmp) / "slim.onnx")
-        y_ort = cp.run_onnx(cp.onnx_session(onnx_path), x)
-        print(f"onnxruntime vs slim: max |diff| {abs(y_ort - y_slim.numpy()).max():.1e}")
+        reloaded, _ = cp.load_slim(tmp / "slim.pt")
+        slim_onnx = cp.export_onnx(reloaded, x, tmp / "slim.onnx")
+        dense_onnx = cp.export_onnx(model, x, tmp / "dense.onnx")
+        y_ort = cp.run_onnx(cp.onnx_session(slim_onnx), xb)
+        print(f"onnxruntime vs slim: max |diff| {abs(y_ort - reloaded(xb).detach().numpy()).max():.1e}")
+
+        shape = [32, 3, 8, 8]
+        t = measure_interleaved({"slim": make_runner(slim_onnx, "ort-cpu", shape, threads=2),
+                                 "dense": make_runner(dense_onnx, "ort-cpu", shape, threads=2)}, rounds=9)
+        ratios = sorted(d / s for d, s in zip(t["dense"], t["slim"]))
+        print(f"onnxruntime CPU, batch 32: speedup {ratios[len(ratios) // 2]:.2f}x (median of {len(ratios)} rounds)")
 
 
 if __name__ == "__main__":

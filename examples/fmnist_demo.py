@@ -1,0 +1,84 @@
+"""The main job on an embedded default (what `make demo` runs), offline, in a few minutes on 2 cores:
+
+1. a ResNet-20 trained on Fashion-MNIST (shipped as examples/fmnist_resnet20_baseline.pt; this
+   script re-trains it with `chanprune train` when the file is missing: 8 epochs, seed 0),
+2. `chanprune learn --target 0.5` (on 20,000 training images, 3 epochs, then 1 fine-tuning epoch),
+3. `chanprune export --onnx` of the slim model, and `--dense` for the reference,
+4. `chanprune eval` of the gated model, the slim model and its ONNX on the 10,000 test images,
+5. `chanprune bench` of the slim ONNX against the dense one (onnxruntime, 2 threads),
+6. `chanprune report`, and a table of all of it.
+
+    python examples/fmnist_demo.py [--out runs/demo]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+BASELINE = HERE / "fmnist_resnet20_baseline.pt"
+
+
+def cli(*args) -> dict:
+    cmd = [sys.executable, "-m", "chanprune_cli.main", *[str(a) for a in args], "--json"]
+    print("+ chanprune " + " ".join(str(a) for a in args), flush=True)
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"chanprune {args[0]} failed with exit code {res.returncode}")
+    return json.loads(res.stdout)
+
+
+def make_baseline(out: Path) -> None:
+    """Train the baseline and keep only what a dense checkpoint needs (no optimizer state)."""
+    run = out / "baseline"
+    if run.exists():
+        shutil.rmtree(run)
+    cli("train", "--arch", "resnet20", "--data", "fashion-mnist", "--epochs", 8, "--seed", 0, "--out", run)
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    keep = {k: ckpt[k] for k in ("format", "arch", "build_kwargs", "input_shape", "data", "state_dict", "config",
+                                 "metrics", "provenance")}
+    keep["state"] = {"epoch": ckpt["state"]["epoch"], "best": ckpt["state"]["best"]}
+    torch.save(keep, BASELINE)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/demo"))
+    a = ap.parse_args()
+    if not BASELINE.is_file():
+        make_baseline(a.out)
+    run = a.out / "learn_t0.5"
+    if run.exists():
+        shutil.rmtree(run)
+    learned = cli("learn", "--arch", "resnet20", "--weights", BASELINE, "--data", "fashion-mnist", "--target", 0.5,
+                  "--limit", 20000, "--epochs", 3, "--finetune-epochs", 1, "--calibrate-bn", 50, "--out", run)
+    slim = cli("export", run / "model.pt", "--onnx")
+    dense = cli("export", run / "model.pt", "--dense")
+    acc = {name: cli("eval", path, "--data", "fashion-mnist")["accuracy"]
+           for name, path in (("baseline", BASELINE), ("gated", run / "model.pt"), ("slim.pt", slim["slim"]),
+                              ("slim ONNX", slim["onnx"]))}
+    bench = cli("bench", slim["onnx"], "--vs", dense["onnx"], "--batch-size", "1,32", "--backend", "ort-cpu")
+    cli("report", run)
+    print()
+    print("| what | value |")
+    print("|---|---|")
+    print(f"| FLOPs (fvcore) | {dense['flops_slim']:,} -> {slim['flops_slim']:,} ({slim['flops_ratio']:.1%}; target 50%) |")
+    print(f"| params | {dense['params_slim']:,} -> {slim['params_slim']:,} ({slim['params_slim'] / dense['params_slim']:.1%}) |")
+    print(f"| gates polarized | {learned['polarized']:.1%} |")
+    for name, v in acc.items():
+        print(f"| test accuracy, {name} | {v:.4f} |")
+    print(f"| parity | slim vs gated {slim['slim_vs_gated']:.1e}, onnxruntime vs slim {slim['onnx_vs_slim']:.1e} |")
+    for row in bench["results"]:
+        print(f"| onnxruntime CPU, batch {row['batch']}, 2 threads | {row['vs_p50_ms']:.3f} ms -> {row['p50_ms']:.3f} ms "
+              f"(speedup {row['speedup']:.2f}x) |")
+    print(f"\nfigures and summary: {run}/summary.md")
+
+
+if __name__ == "__main__":
+    main()
