@@ -170,6 +170,11 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
         st = resume["state"]
         state = FitState(st["epoch"], st["step"], list(st["history"]), st.get("best"), st.get("lam", state.lam))
         _set_rng_state(resume["rng"])
+        if rank == 0:  # the log restarts from the checkpoint's history: no epoch twice, none missing
+            from .artifacts import atomic_write_text
+
+            rows = list(resume.get("learn_history") or []) + state.history
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     out.mkdir(parents=True, exist_ok=True)
 
     def save(tag: str) -> None:
@@ -255,10 +260,10 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
             state.history.append(row)
             if state.best is None or row["val_accuracy"] >= state.best["val_accuracy"]:
                 state.best = {"epoch": row["epoch"], "val_accuracy": row["val_accuracy"]}
+            save("epoch")  # the checkpoint first: metrics.jsonl never names an epoch the checkpoint lacks
             if rank == 0:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-            save("epoch")
             if progress and rank == 0:
                 progress("epoch", row)
     except _Interrupted:

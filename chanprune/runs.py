@@ -157,6 +157,10 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
         raise ChanpruneError(f"{arch} has no channel group that can be gated exactly: " +
                              "; ".join(f"{u['name']}: {u['reason']}" for u in graph.unsupported[:3]))
     cost = CostModel(model, x, graph)
+    floor = float(cost.ratio([torch.zeros(g.size) for g in graph.groups]))
+    if config.budget == "flops" and config.target < floor + 0.01:
+        raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
+                             f"cost {floor:.3f} of the dense FLOPs (ungate fewer layers or raise the target)")
     header = _header(arch, classes, channels, shape, data, {"target": config.target, "ignore": list(ignore),
                                                             "group_names": [g.name for g in graph.groups],
                                                             "group_sizes": [g.size for g in graph.groups]})
@@ -173,10 +177,11 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
         gates.load_state_dict(ckpt["gate_logits"])
         if progress:
             progress("resume", {"stage": ckpt.get("stage"), "epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"]})
+    learn_history = (ckpt or {}).get("learn_history") or []
     if ckpt is None or ckpt.get("stage", "learn") == "learn":
-        fit(model, bundle.train, bundle.val, config, out=out, header={**header, "stage": "learn"}, gates=gates,
-            cost=cost, resume=ckpt, progress=progress, device=device, rank=rank, world=world,
-            wrapped=_wrap(model, gates, world, device))
+        learn_history = fit(model, bundle.train, bundle.val, config, out=out, header={**header, "stage": "learn"},
+                            gates=gates, cost=cost, resume=ckpt, progress=progress, device=device, rank=rank,
+                            world=world, wrapped=_wrap(model, gates, world, device)).history
         ckpt = None
     plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape)
     agree = _ranks_agree(plan, world)
@@ -187,7 +192,7 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
         # the gates are pinned to the plan: fine-tune the weights of the network the plan keeps
         fit(model, bundle.train, bundle.val, ft, out=out,
             header={**header, "stage": "finetune", "plan": plan.to_dict(), "learn_config": asdict(config),
-                    "gate_logits": gates.state_dict()}, checkpoint_format=GATED_FORMAT,
+                    "gate_logits": gates.state_dict(), "learn_history": learn_history}, checkpoint_format=GATED_FORMAT,
             resume=ckpt, progress=progress, device=device, rank=rank, world=world,
             wrapped=_wrap(model, None, world, device))
     if config.calibrate_bn:

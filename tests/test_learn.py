@@ -78,7 +78,7 @@ def baseline(tmp_path_factory):
 def learned(baseline, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "learned"
     res = run("learn", "--arch", "resnet20", "--weights", baseline / "model.pt", "--data", "digits", "--target", 0.5,
-              "--epochs", 30, "--batch-size", 64, "--out", out, "--json")
+              "--epochs", 30, "--finetune-epochs", 3, "--batch-size", 64, "--out", out, "--json")
     return out, json.loads(res.stdout)
 
 
@@ -86,7 +86,6 @@ def test_learn_meets_target_polarizes_and_keeps_accuracy(baseline, learned):
     """Target within 0.03 measured by fvcore on the slim model at tau 0.5, gates polarized, and
     accuracy close to the baseline, together."""
     out, res = learned
-    base = torch.load(baseline / "model.pt", weights_only=True)
     gm = GatedModel(out / "model.pt")
     plan = gm.plan(0.5)
     x = torch.zeros(gm.input_shape)
@@ -96,15 +95,15 @@ def test_learn_meets_target_polarizes_and_keeps_accuracy(baseline, learned):
     ratio = count_flops(slim, x).total / dense
     assert abs(ratio - 0.5) <= 0.03, ratio
     assert res["polarized"] >= 0.9, res
-    base_val = base["state"]["best"]["val_accuracy"]
-    assert res["val_accuracy"] >= base_val - 0.04, (res, base_val)
+    base_test = json.loads(run("eval", baseline / "model.pt", "--data", "digits", "--json").stdout)["accuracy"]
+    assert res["test_accuracy"] >= base_test - 0.03, (res, base_test)
     # the slim model reproduces the frozen gated one
     gm.gates.attach_(gm.model).fix_(plan.keep_masks(gm.graph))
     xb = torch.randn(4, *gm.input_shape[1:])
     with torch.no_grad():
         torch.testing.assert_close(slim(xb), gm.model(xb), atol=1e-5, rtol=1e-4)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(1, 31))
+    assert [r["epoch"] for r in rows] == list(range(1, 31)) + [1, 2, 3]  # learning, then fine-tuning
 
 
 def test_inspect_reports_the_run(learned):
@@ -151,12 +150,12 @@ def test_sigkill_then_resume_continues_from_the_last_epoch(tmp_path):
     proc.wait()
     ckpt = torch.load(out / "model.pt", weights_only=True)  # intact after SIGKILL
     done = ckpt["state"]["epoch"]
-    assert done >= 2
+    assert done >= 1
     res = subprocess.run(_cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"resuming (learn) after epoch {done}" in res.stderr
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert epochs[-1] == 5 and sorted(set(epochs)) == [1, 2, 3, 4, 5]
+    assert epochs == [1, 2, 3, 4, 5]  # the log restarts from the checkpoint: no epoch twice, none missing
     assert torch.load(out / "model.pt", weights_only=True)["stage"] == "done"
 
 
