@@ -70,7 +70,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 
     Writes RUN/model.pt (a dense checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
     """
-    from chanprune.learn import TrainConfig
+    from chanprune.learn import TrainConfig, TrainingError
     from chanprune.runs import train_run
 
     _prepare_out(out, resume)
@@ -84,6 +84,10 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         rep.close()
         click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
         raise SystemExit(130)
+    except TrainingError as e:
+        rep.close()
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(1)
     _finish(res, as_json, [f"trained {arch}: best val accuracy {res['best']['val_accuracy']:.4f} "
                            f"(epoch {res['best']['epoch']}), test accuracy {res['test_accuracy']:.4f}",
                            f"wrote {res['model']}"])
@@ -117,7 +121,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
     Under torchrun the same command trains with DDP (NCCL on GPUs, gloo on CPU).
     """
-    from chanprune.learn import LearnConfig
+    from chanprune.learn import LearnConfig, TrainingError
     from chanprune.runs import learn_run
 
     _prepare_out(out, resume)
@@ -133,6 +137,10 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         rep.close()
         click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
         raise SystemExit(130)
+    except TrainingError as e:
+        rep.close()
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(1)
     if res.get("already_complete"):
         _finish(res, as_json, [f"{res['model']} is complete"])
         return
