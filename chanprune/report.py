@@ -31,15 +31,15 @@ def _jsons(run: Path, suffix: str) -> list[dict]:
 
 def make_report(run: str | os.PathLike) -> dict:
     """PNGs (kept channels per group, gate histogram, learning curves) and summary.md in RUN."""
+    run = Path(run)
+    ckpt_path = run / "model.pt"
+    if not run.is_dir() or not ckpt_path.is_file():
+        raise ArtifactError(f"{run}: not a run folder (no model.pt inside)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run)
-    ckpt_path = run / "model.pt"
-    if not run.is_dir() or not ckpt_path.is_file():
-        raise ArtifactError(f"{run}: not a run folder (no model.pt inside)")
     from .artifacts import GATED_FORMAT, load_artifact
     from .runs import inspect_run
 
