@@ -51,6 +51,22 @@ def _prepare_out(out: Path, resume: bool) -> None:
         raise BadInput(f"--out {out}: the folder is not writable")
 
 
+def _guarded(out: Path, rep: Reporter, work):
+    """Run a training job: Ctrl-C has saved the checkpoint (exit 130); a NaN loss exits 1."""
+    from chanprune.learn import TrainingError
+
+    try:
+        return work()
+    except KeyboardInterrupt:
+        rep.close()
+        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
+        raise SystemExit(130)
+    except TrainingError as e:
+        rep.close()
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(1)
+
+
 def _finish(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
         echo_json(result)
@@ -70,24 +86,15 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 
     Writes RUN/model.pt (a dense checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
     """
-    from chanprune.learn import TrainConfig, TrainingError
+    from chanprune.learn import TrainConfig
     from chanprune.runs import train_run
 
     _prepare_out(out, resume)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rep = Reporter()
-    try:
-        res = train_run(arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes,
-                        in_channels=in_channels, image_size=image_size, device=device, resume=resume, limit=limit,
-                        progress=rep)
-    except KeyboardInterrupt:
-        rep.close()
-        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
-        raise SystemExit(130)
-    except TrainingError as e:
-        rep.close()
-        click.echo(f"Error: {e}", err=True)
-        raise SystemExit(1)
+    res = _guarded(out, rep, lambda: train_run(
+        arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes, in_channels=in_channels,
+        image_size=image_size, device=device, resume=resume, limit=limit, progress=rep))
     _finish(res, as_json, [f"trained {arch}: best val accuracy {res['best']['val_accuracy']:.4f} "
                            f"(epoch {res['best']['epoch']}), test accuracy {res['test_accuracy']:.4f}",
                            f"wrote {res['model']}"])
@@ -121,7 +128,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
     Under torchrun the same command trains with DDP (NCCL on GPUs, gloo on CPU).
     """
-    from chanprune.learn import LearnConfig, TrainingError
+    from chanprune.learn import LearnConfig
     from chanprune.runs import learn_run
 
     _prepare_out(out, resume)
@@ -129,18 +136,9 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                       budget=budget, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       calibrate_bn=calibrate_bn)
     rep = Reporter()
-    try:
-        res = learn_run(arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes,
-                        in_channels=in_channels, image_size=image_size, ignore=tuple(ignore), device=device,
-                        resume=resume, limit=limit, progress=rep)
-    except KeyboardInterrupt:
-        rep.close()
-        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
-        raise SystemExit(130)
-    except TrainingError as e:
-        rep.close()
-        click.echo(f"Error: {e}", err=True)
-        raise SystemExit(1)
+    res = _guarded(out, rep, lambda: learn_run(
+        arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes, in_channels=in_channels,
+        image_size=image_size, ignore=tuple(ignore), device=device, resume=resume, limit=limit, progress=rep))
     if res.get("already_complete"):
         _finish(res, as_json, [f"{res['model']} is complete"])
         return
