@@ -82,8 +82,12 @@ def load_artifact(path: str | os.PathLike, expected: str | tuple[str, ...] | Non
         ArtifactError: missing, empty, truncated or foreign files, or a file of another kind.
     """
     path = Path(path)
+    return check_format(_safe_torch_load(path), path, expected)
+
+
+def check_format(obj, path: str | os.PathLike, expected: str | tuple[str, ...] | None = None) -> dict:
+    """`obj` (loaded from `path`) as a chanprune artifact of an `expected` kind, or ArtifactError."""
     expected = (expected,) if isinstance(expected, str) else expected
-    obj = _safe_torch_load(path)
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if fmt is None:
         raise ArtifactError(f"{path}: not a chanprune artifact (no 'format' tag)")
@@ -107,7 +111,6 @@ def _safe_torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
         if re.search(r"Unsupported global|Unsupported class|GLOBAL|REDUCE|Trying to call|Can only build", str(e)):
             raise ArtifactError(f"{path}: refused to load: it holds Python objects that are not weights "
                                 "(chanprune loads with weights_only=True and never runs code from a file)") from e
@@ -158,6 +161,18 @@ def save_slim(path: str | os.PathLike, slim: nn.Module, *, arch: str, plan: Prun
         "provenance": provenance(seed)}, path)
 
 
+def saved_arch(obj: dict, path: str | os.PathLike, arch: str | None) -> str:
+    """The arch an artifact names. A `module:function` arch is returned only when the caller
+    named it too (`arch`): a file never makes us import code by itself."""
+    saved = obj.get("arch")
+    if not isinstance(saved, str):
+        raise ArtifactError(f"{path}: missing 'arch'")
+    if ":" in saved and arch != saved:
+        raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} "
+                            "to allow importing that code")
+    return saved
+
+
 def load_slim(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a slim model: build the arch, apply the plan, load the weights (strictly).
 
@@ -167,12 +182,7 @@ def load_slim(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.M
     from .zoo import build_model
 
     obj = load_artifact(path, SLIM_FORMAT)
-    saved = obj.get("arch")
-    if not isinstance(saved, str):
-        raise ArtifactError(f"{path}: missing 'arch'")
-    if ":" in saved and arch != saved:
-        raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} "
-                            "to allow importing that code")
+    saved = saved_arch(obj, path, arch)
     if arch is not None and arch != saved:
         raise ArtifactError(f"{path} holds a {saved}, not a {arch}")
     plan = PrunePlan.from_dict(obj.get("plan"))

@@ -5,12 +5,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .artifacts import DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_write_text, load_artifact, load_slim
+from .artifacts import (DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_write_text, load_artifact, load_slim,
+                        saved_arch)
 from .data import load_data
-from .errors import ArtifactError
 from .learn import evaluate as evaluate_torch
 
 __all__ = ["eval_model", "load_any"]
@@ -39,9 +38,7 @@ def load_any(path: str | os.PathLike, *, tau: float = 0.5, arch: str | None = No
     from .zoo import build_model
 
     kw = obj.get("build_kwargs") or {}
-    if ":" in str(obj.get("arch")) and arch != obj.get("arch"):
-        raise ArtifactError(f"{path} was made from the user model {obj.get('arch')!r}; pass --arch to allow importing it")
-    model = build_model(obj["arch"], num_classes=kw.get("num_classes"), in_channels=kw.get("in_channels", 3))
+    model = build_model(saved_arch(obj, path, arch), num_classes=kw.get("num_classes"), in_channels=kw.get("in_channels", 3))
     model.load_state_dict(obj["state_dict"])
     return "dense", model.eval(), obj["input_shape"]
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +23,7 @@ from .artifacts import DENSE_FORMAT, GATED_FORMAT, atomic_save, provenance
 from .budget import CostModel
 from .data import Split
 from .errors import ChanpruneError
-from .freeze import freeze, polarization
+from .freeze import polarization
 from .gates import GateSet
 
 __all__ = ["TrainConfig", "LearnConfig", "fit", "evaluate", "calibrate_bn_", "budget_loss", "TrainingError"]
@@ -118,7 +116,8 @@ def calibrate_bn_(model: nn.Module, split: Split, *, batches: int, batch_size: i
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": repr(random.getstate())}
+    # Only torch's generator drives training (Gumbel samples, data order and augmentation).
+    return {"torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:

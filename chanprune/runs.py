@@ -2,25 +2,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .artifacts import DENSE_FORMAT, GATED_FORMAT, atomic_save, load_artifact
+from .artifacts import (DENSE_FORMAT, GATED_FORMAT, _safe_torch_load, atomic_save, check_format, load_artifact,
+                        saved_arch)
 from .budget import CostModel
-from .data import DataBundle, load_data
+from .data import load_data
 from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze, polarization
-from .gates import GateSet, attach_gates
+from .gates import GateSet
 from .graph import ChannelGraph, find_groups
 from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
 from .plan import PrunePlan
 from .zoo import build_model
 
-__all__ = ["train_run", "learn_run", "load_gated", "inspect_run", "GatedModel"]
+__all__ = ["train_run", "learn_run", "inspect_run", "GatedModel"]
 
 Progress = Callable[[str, dict], None]
 
@@ -124,20 +125,13 @@ def train_run(*, arch: str, data: str, out: Path, config: TrainConfig, weights: 
 def _load_weights_arg(weights: str | None, arch: str) -> tuple[str | None, dict | None]:
     """A chanprune dense checkpoint carries its own build kwargs; anything else is passed to the zoo."""
     if weights and Path(weights).is_file():
-        obj = load_artifact(weights, (DENSE_FORMAT,)) if _is_chanprune(weights) else None
-        if obj is not None:
+        obj = _safe_torch_load(Path(weights))
+        if isinstance(obj, dict) and "format" in obj:
+            obj = check_format(obj, weights, DENSE_FORMAT)
             if obj.get("arch") != arch:
                 raise ArtifactError(f"--weights {weights} holds a {obj.get('arch')}, not a {arch}")
             return weights, obj.get("build_kwargs")
     return weights, None
-
-
-def _is_chanprune(path: str) -> bool:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(obj, dict) and "format" in obj
 
 
 def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: str | None = None,
@@ -235,11 +229,7 @@ class GatedModel:
 
     def __init__(self, path: str | os.PathLike, *, arch: str | None = None, input_shape: list[int] | None = None):
         ckpt = load_artifact(path, GATED_FORMAT)
-        saved = ckpt.get("arch")
-        if not isinstance(saved, str):
-            raise ArtifactError(f"{path}: missing 'arch'")
-        if ":" in saved and arch != saved:
-            raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} to allow importing it")
+        saved = saved_arch(ckpt, path, arch)
         kwargs = ckpt.get("build_kwargs") or {}
         shape = ckpt.get("input_shape")
         if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):

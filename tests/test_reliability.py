@@ -2,7 +2,6 @@
 And faults: a NaN loss stops with the last good checkpoint kept."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
