@@ -1,0 +1,85 @@
+"""Where the time goes: onnxruntime's own profile of the dense and the slim models of one latency run.
+
+For each ONNX file of `benchmarks/latency.py`'s run folder (dense, chanprune, chanprune-r16,
+tp-uniform, tp-uniform-r16) this saves the graph onnxruntime actually runs (after its optimizations:
+batch norm folded into convs, activations fused, channels-blocked NCHWc convs where the channel
+counts allow) and profiles it: kernel time per op type, summed over the nodes and averaged over runs.
+
+    python benchmarks/why.py [--arch resnet18] [--target 0.5] [--batch 1] [--runs 30]
+
+Rows go to benchmarks/results/why.jsonl (one per model, arch, target and batch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from _common import Rows
+
+
+def _options(**kw):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 2, 1, 3
+    for k, v in kw.items():
+        setattr(opts, k, v)
+    return opts
+
+
+def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    cpu = ["CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        ort.InferenceSession(str(onnx_path), sess_options=_options(optimized_model_filepath=str(optimized)), providers=cpu)
+        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in onnx.load(str(optimized)).graph.node)
+        sess = ort.InferenceSession(str(onnx_path), providers=cpu, sess_options=_options(
+            enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof")))
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal([batch, *inp.shape[1:]]).astype(np.float32)
+        for _ in range(warmup + runs):
+            sess.run(None, {inp.name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    seen, per_op = Counter(), defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            seen[e["name"]] += 1
+            if seen[e["name"]] > warmup:  # the warm-up runs are in the profile too
+                per_op[e["args"]["op_name"]] += e["dur"] / 1000.0 / runs
+    return {"nodes": dict(nodes), "ms_per_op": {k: round(v, 3) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "ms_total": round(sum(per_op.values()), 3)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--round-to", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/latency"))
+    a = ap.parse_args()
+    rows = Rows("why")
+    run = a.out / f"{a.arch}_t{a.target}"
+    n = a.round_to
+    models = {"dense": a.out / f"{a.arch}_dense", "chanprune": run / "slim", f"chanprune-r{n}": run / f"slim_r{n}",
+              "tp-uniform": run / "tp_uniform", f"tp-uniform-r{n}": run / f"tp_uniform_r{n}"}
+    for name, folder in models.items():
+        key = f"{a.arch}/t{a.target}/{name}/b{a.batch}"
+        if key in rows or not (folder / "model.onnx").is_file():
+            continue
+        r = rows.add({"key": key, "arch": a.arch, "target": a.target, "model": name, "batch": a.batch,
+                      "runs": a.runs, **profile(folder / "model.onnx", a.batch, a.runs)})
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["ms_per_op"].items())[:5])
+        print(f"{name:<16} {r['ms_total']:.2f} ms/run in kernels: {top}; nodes {r['nodes']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
