@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv data test test-slow demo check-demo clean
+.PHONY: venv data test test-slow demo check-demo guard bench clean
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,18 @@ demo: venv data
 
 check-demo: venv
 	$(PY) examples/check_models.py
+
+# The CI latency-regression guard: slim vs dense resnet18 ONNX against benchmarks/baseline.json (~1 min).
+guard: venv
+	$(PY) benchmarks/guard.py
+
+# The benchmark grids (hours on 2 cores; each resumes where it stopped), then the README's tables.
+bench: venv data
+	$(PY) benchmarks/costs.py
+	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/why.py
+	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/report.py --readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

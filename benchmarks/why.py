@@ -25,6 +25,7 @@ def _options(**kw):
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 2, 1, 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as `chanprune bench` measures
     for k, v in kw.items():
         setattr(opts, k, v)
     return opts
@@ -39,7 +40,9 @@ def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         ort.InferenceSession(str(onnx_path), sess_options=_options(optimized_model_filepath=str(optimized)), providers=cpu)
-        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in onnx.load(str(optimized)).graph.node)
+        graph = onnx.load(str(optimized)).graph
+        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in graph.node)
+        kinds = {n.name: _kind(n) for n in graph.node}
         sess = ort.InferenceSession(str(onnx_path), providers=cpu, sess_options=_options(
             enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof")))
         inp = sess.get_inputs()[0]
@@ -47,14 +50,27 @@ def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
         for _ in range(warmup + runs):
             sess.run(None, {inp.name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
-    seen, per_op = Counter(), defaultdict(float)
+    seen, per_op, per_kind = Counter(), defaultdict(float), defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             seen[e["name"]] += 1
             if seen[e["name"]] > warmup:  # the warm-up runs are in the profile too
-                per_op[e["args"]["op_name"]] += e["dur"] / 1000.0 / runs
-    return {"nodes": dict(nodes), "ms_per_op": {k: round(v, 3) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+                ms = e["dur"] / 1000.0 / runs
+                per_op[e["args"]["op_name"]] += ms
+                per_kind[kinds.get(e["name"][: -len("_kernel_time")], "other")] += ms
+    ordered = lambda d: {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
+    return {"nodes": dict(nodes), "ms_per_op": ordered(per_op), "ms_per_kind": ordered(per_kind),
             "ms_total": round(sum(per_op.values()), 3)}
+
+
+def _kind(node) -> str:
+    """A conv by shape (depthwise, 1x1, kxk) and whether it runs channels-blocked (NCHWc); else its op."""
+    if node.op_type not in ("Conv", "FusedConv"):
+        return node.op_type
+    attrs = {a.name: a for a in node.attribute}
+    shape = "depthwise" if attrs.get("group") and attrs["group"].i > 1 else (
+        "1x1" if attrs.get("kernel_shape") and list(attrs["kernel_shape"].ints) == [1, 1] else "kxk")
+    return f"{shape} conv ({'NCHWc' if node.domain == 'com.microsoft.nchwc' else 'NCHW'})"
 
 
 def main():
@@ -77,7 +93,7 @@ def main():
             continue
         r = rows.add({"key": key, "arch": a.arch, "target": a.target, "model": name, "batch": a.batch,
                       "runs": a.runs, **profile(folder / "model.onnx", a.batch, a.runs)})
-        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["ms_per_op"].items())[:5])
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["ms_per_kind"].items())[:6])
         print(f"{name:<16} {r['ms_total']:.2f} ms/run in kernels: {top}; nodes {r['nodes']}", flush=True)
 
 
