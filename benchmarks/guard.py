@@ -20,11 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import CLI, machine
+
 HERE = Path(__file__).resolve().parent
 PLAN = HERE / "guard" / "resnet18_t0.5_r16.plan.json"
 BASELINE = HERE / "baseline.json"
 SHAPE = [1, 3, 224, 224]
-CLI = [sys.executable, "-m", "chanprune_cli.main"]
 ROUNDS = {1: 40, 32: 9}  # batch -> interleaved rounds: a batch of 1 takes ~15 ms, and needs many to settle
 
 
@@ -95,8 +96,6 @@ def main():
             worst = max(1 - min(v) / medians[k] for k, v in per_key.items())
             # Twice the worst drop seen between repeated runs, at least 15%, in steps of 5%.
             r_max = max(0.15, math.ceil(2 * worst * 20) / 20)
-            from _common import machine
-
             a.baseline.write_text(json.dumps({
                 "speedups": {k: round(v, 3) for k, v in medians.items()}, "max_regression": r_max,
                 "measured": {k: [round(s, 3) for s in v] for k, v in per_key.items()},

@@ -43,7 +43,10 @@ def latency_section() -> list[str]:
            "exported at 224 (`--input-shape 1,3,224,224`); Torch-Pruning's MetaPruner (magnitude, one ratio "
            "for every layer) prunes the same weights to the same fvcore FLOPs. Speedup: median of per-round "
            "dense/slim latency ratios, interleaved in one process. Efficiency = speedup x FLOPs ratio "
-           f"(1.0: latency falls as fast as FLOPs). Machine: {machines(lat)}.", "",
+           f"(1.0: latency falls as fast as FLOPs). Torch-Pruning's ratio moves in steps under round_to, so its rows "
+           "take the largest FLOPs not above chanprune's. Rerun a row: delete it from the .jsonl, then "
+           "`python benchmarks/latency.py --archs A --targets t`. Bold: efficiency >= 1.0. "
+           f"Machine: {machines(lat)}.", "",
            "| arch | target | method | FLOPs | batch 1: ms (dense) | speedup | efficiency | batch 32: ms (dense) | speedup | efficiency |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for arch in dict.fromkeys(r["arch"] for r in lat):
@@ -129,7 +132,9 @@ def accuracy_section() -> list[str]:
            "after the baseline: chanprune learns gates for 1 and fine-tunes for 1; Torch-Pruning prunes the baseline "
            "in one shot to chanprune's measured FLOPs for the same seed, then fine-tunes for 2 with the same "
            "optimizer. After pruning: validation split (6,000 images held out of training); final: test split "
-           f"(10,000 images). Machine: {machines(runs)}.", "",
+           f"(10,000 images). Rerun a row: delete it from the .jsonl, then "
+           "`python benchmarks/accuracy.py --targets t --seeds s`. "
+           f"Machine: {machines(runs)}.", "",
            "| arch | target | method | FLOPs | after pruning (val) | final test (mean ± sd) | change vs baseline | "
            "chanprune minus this, paired by seed | train time | seeds |",
            "|---|---|---|---|---|---|---|---|---|---|"]
