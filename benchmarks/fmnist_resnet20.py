@@ -14,25 +14,11 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent
-
-
-def stage(cmd: list[str], run: Path) -> None:
-    ckpt = run / "model.pt"
-    if ckpt.exists():
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if obj.get("stage") == "done" or (obj["format"] == "chanprune.dense/1" and obj["state"]["epoch"] >= obj["config"]["epochs"]):
-            print(f"{run}: done already", flush=True)
-            return
-        cmd = cmd + ["--resume"]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+from _common import HERE, run_finished, run_stage
 
 
 def epoch_seconds(run: Path) -> float:
@@ -50,13 +36,13 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("runs/fmnist"))
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    exe = [sys.executable, "-m", "chanprune_cli.main"]
     base, learned = a.out / "baseline", a.out / f"learn_t{a.target}"
-    stage(exe + ["train", "--arch", "resnet20", "--data", "fashion-mnist", "--epochs", str(a.epochs),
-                 "--seed", str(a.seed), "--out", str(base)], base)
-    stage(exe + ["learn", "--arch", "resnet20", "--weights", str(base / "model.pt"), "--data", "fashion-mnist",
-                 "--target", str(a.target), "--epochs", str(a.learn_epochs), "--finetune-epochs",
-                 str(a.finetune_epochs), "--calibrate-bn", "100", "--seed", str(a.seed), "--out", str(learned)], learned)
+    run_stage(["train", "--arch", "resnet20", "--data", "fashion-mnist", "--epochs", str(a.epochs),
+               "--seed", str(a.seed)], base, done=run_finished(base))
+    run_stage(["learn", "--arch", "resnet20", "--weights", str(base / "model.pt"), "--data", "fashion-mnist",
+               "--target", str(a.target), "--epochs", str(a.learn_epochs), "--finetune-epochs",
+               str(a.finetune_epochs), "--calibrate-bn", "100", "--seed", str(a.seed)], learned,
+              done=run_finished(learned))
 
     from chanprune.data import load_data
     from chanprune.learn import evaluate

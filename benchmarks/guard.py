@@ -65,7 +65,7 @@ def bench(dense: Path, slim: Path, batch: int, rounds: int, baseline: Path | Non
                  "--batch-size", str(batch), "--rounds", str(rounds), "--json"]
     if baseline is not None:
         cmd += ["--baseline", str(baseline), "--max-regression", str(max_regression)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if r.returncode not in (0, 1):
         sys.exit(f"guard: chanprune bench failed:\n{r.stderr.strip()}")
     return json.loads(r.stdout)

@@ -38,7 +38,7 @@ def latency_section() -> list[str]:
     cell = {(r["arch"], r["target"], r["method"], r["batch"]): r for r in lat}
     methods = list(dict.fromkeys(r["method"] for r in lat))
     out = ["### Latency efficiency at 224x224 (onnxruntime CPU, 2 threads)", "",
-           "`python benchmarks/latency.py` (rows: `benchmarks/results/latency.jsonl`). Plans learned on "
+           ("`python benchmarks/latency.py` (rows: `benchmarks/results/latency.jsonl`). Plans learned on "
            "Fashion-MNIST at 64 px (`chanprune learn --image-size 64 --limit 12800 --epochs 1`, from scratch), "
            "exported at 224 (`--input-shape 1,3,224,224`); Torch-Pruning's MetaPruner (magnitude, one ratio "
            "for every layer) prunes the same weights to the same fvcore FLOPs. Speedup: median of per-round "
@@ -46,7 +46,7 @@ def latency_section() -> list[str]:
            f"(1.0: latency falls as fast as FLOPs). Torch-Pruning's ratio moves in steps under round_to, so its rows "
            "take the largest FLOPs not above chanprune's. Rerun a row: delete it from the .jsonl, then "
            "`python benchmarks/latency.py --archs A --targets t`. Bold: efficiency >= 1.0. "
-           f"Machine: {machines(lat)}.", "",
+           f"Machine: {machines(lat)}."), "",
            "| arch | target | method | FLOPs | batch 1: ms (dense) | speedup | efficiency | batch 32: ms (dense) | speedup | efficiency |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for arch in dict.fromkeys(r["arch"] for r in lat):
@@ -81,11 +81,11 @@ def why_section() -> list[str]:
     rows = load("why")
     if not rows:
         return []
-    out = ["Where the time goes (`python benchmarks/why.py --arch A --target 0.5`, rows: `benchmarks/results/why.jsonl`): "
+    out = [("Where the time goes (`python benchmarks/why.py --arch A --target 0.5`, rows: `benchmarks/results/why.jsonl`): "
            "onnxruntime's own profile at batch 1, kernel time per run, by the kind of node in the graph it actually "
            "runs (after folding batch norm and fusing activations). NCHWc: the channels-blocked AVX-512 kernels, "
            "which need channel counts in multiples of 16; NCHW: the fallback (im2col + GEMM), plus reorder nodes "
-           "between the two layouts.", "",
+           "between the two layouts."), "",
            "| arch | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -128,15 +128,15 @@ def accuracy_section() -> list[str]:
         return []
     base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
     out = ["### Accuracy at matched FLOPs, same training budget (Fashion-MNIST)", "",
-           "`python benchmarks/accuracy.py` (rows: `benchmarks/results/accuracy.jsonl`). Each method trains 2 epochs "
+           ("`python benchmarks/accuracy.py` (rows: `benchmarks/results/accuracy.jsonl`). Each method trains 2 epochs "
            "after the baseline: chanprune learns gates for 1 and fine-tunes for 1; Torch-Pruning prunes the baseline "
            "in one shot to chanprune's measured FLOPs for the same seed, then fine-tunes for 2 with the same "
            "optimizer. After pruning: validation split (6,000 images held out of training); final: test split "
            f"(10,000 images). Rerun a row: delete it from the .jsonl, then "
            "`python benchmarks/accuracy.py --targets t --seeds s`. "
-           f"Machine: {machines(runs)}.", "",
-           "| arch | target | method | FLOPs | after pruning (val) | final test (mean ± sd) | change vs baseline | "
-           "chanprune minus this, paired by seed | train time | seeds |",
+           f"Machine: {machines(runs)}."), "",
+           ("| arch | target | method | FLOPs | after pruning (val) | final test (mean ± sd) | change vs baseline | "
+           "chanprune minus this, paired by seed | train time | seeds |"),
            "|---|---|---|---|---|---|---|---|---|---|"]
     cell = {(r["arch"], r["target"], r["seed"], r["method"]): r for r in runs}
     for arch in dict.fromkeys(r["arch"] for r in runs):
@@ -192,10 +192,10 @@ def guard_section() -> list[str]:
         return []
     b = json.loads(path.read_text())
     return ["### CI latency guard", "",
-            f"`.ci/run` runs `python benchmarks/guard.py` after the tests: resnet18 at 224 with the committed learned plan "
+            (f"`.ci/run` runs `python benchmarks/guard.py` after the tests: resnet18 at 224 with the committed learned plan "
             f"`benchmarks/guard/{b['plan']}`, slim against dense ONNX, through `chanprune bench --vs ... --baseline "
             f"benchmarks/baseline.json --max-regression {b['max_regression']}`. Baseline written by `{b['command']}` "
-            f"on {b['machine']}:", "",
+            f"on {b['machine']}:"), "",
             "| key | baseline speedup | repeated measurements |", "|---|---|---|"] + [
             f"| {k} | {v:.2f}x | {', '.join(f'{s:.2f}' for s in b['measured'][k])} |" for k, v in b["speedups"].items()] + [
             "", f"Allowed drop: {b['max_regression']:.0%} (twice the worst drop between repeated runs, at least 15%).", ""]

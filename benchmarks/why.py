@@ -58,9 +58,12 @@ def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
                 ms = e["dur"] / 1000.0 / runs
                 per_op[e["args"]["op_name"]] += ms
                 per_kind[kinds.get(e["name"][: -len("_kernel_time")], "other")] += ms
-    ordered = lambda d: {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
-    return {"nodes": dict(nodes), "ms_per_op": ordered(per_op), "ms_per_kind": ordered(per_kind),
+    return {"nodes": dict(nodes), "ms_per_op": _ordered(per_op), "ms_per_kind": _ordered(per_kind),
             "ms_total": round(sum(per_op.values()), 3)}
+
+
+def _ordered(d: dict) -> dict:
+    return {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
 
 
 def _kind(node) -> str:
