@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 
-from _common import CLI, HERE, Rows, export, run_finished, run_stage, tp_prune_to_flops
+from _common import HERE, Rows, export, run_finished, run_stage, tp_prune_to_flops
 
 EPOCHS = 2  # training epochs after the baseline, for every method
 LR = 0.02  # the weights' learning rate in `chanprune learn` (its default), for every method
@@ -42,16 +41,12 @@ def baseline(arch: str, out: Path, given: Path | None) -> Path:
     return run / "model.pt"
 
 
-def evaluate_slim(path: Path) -> float:
-    r = subprocess.run(CLI + ["eval", str(path), "--data", "fashion-mnist", "--json"], check=True,
-                       capture_output=True, text=True)
-    return json.loads(r.stdout)["accuracy"]
-
-
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, out: Path) -> dict:
     key = f"{arch}/t{t}/s{seed}/chanprune"
     if key in rows:
         return rows.get(key)
+    from chanprune.evaluate import eval_model
+
     run = out / f"{arch}_t{t}_s{seed}_chanprune"
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--target", str(t),
             "--epochs", str(EPOCHS - 1), "--finetune-epochs", "1", "--calibrate-bn", "100", "--lr", str(LR),
@@ -65,7 +60,7 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, out: Path) -> d
     return rows.add({
         "key": key, "arch": arch, "target": t, "seed": seed, "method": "chanprune",
         "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
-        "val_after_pruning": learned[-1]["val_accuracy"], "test_accuracy": evaluate_slim(run / "slim" / "slim.pt"),
+        "val_after_pruning": learned[-1]["val_accuracy"], "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
         "polarized": learned[-1]["polarized"], "epochs": EPOCHS,
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),

@@ -31,6 +31,7 @@ def step_times(arch: str, shape: list[int], rounds: int) -> dict:
     from chanprune.gates import GateSet
     from chanprune.graph import find_groups
     from chanprune.learn import budget_loss
+    from chanprune.measure.latency import ratio_stats
     from chanprune.zoo import build_model
 
     torch.manual_seed(0)
@@ -68,10 +69,9 @@ def step_times(arch: str, shape: list[int], rounds: int) -> dict:
             t0 = time.perf_counter()
             fn()
             t[name].append((time.perf_counter() - t0) * 1000)
-    ratios = [g / p for g, p in zip(t["gated"], t["plain"])]
+    ratio, spread = ratio_stats(t["gated"], t["plain"])
     return {"plain_ms": float(np.median(t["plain"])), "gated_ms": float(np.median(t["gated"])),
-            "ratio": float(np.median(ratios)), "ratio_p10_p90": [float(np.percentile(ratios, 10)),
-                                                                  float(np.percentile(ratios, 90))],
+            "ratio": ratio, "ratio_p10_p90": spread,
             "gates": len(graph.groups), "gated_channels": sum(g.size for g in graph.groups)}
 
 

@@ -85,7 +85,7 @@ def tp_variant(run: Path, name: str, flops_target_ratio: float, round_to: int | 
 def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_onnx: Path, batches: list[int]) -> None:
     import numpy as np
 
-    from chanprune.measure.latency import make_runner, measure_interleaved
+    from chanprune.measure.latency import make_runner, measure_interleaved, ratio_stats
 
     for b in batches:
         keys = {m: f"lat/{arch}/t{t}/{m}/b{b}" for m in variants}
@@ -97,14 +97,13 @@ def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_on
         times = measure_interleaved(runners, **TIMING[b])
         print(f"{arch} t={t} batch {b}: dense {np.median(times['dense']):.1f} ms", flush=True)
         for m, v in variants.items():
-            ratios = [d / s for d, s in zip(times["dense"], times[m])]
-            speedup = float(np.median(ratios))
+            speedup, spread = ratio_stats(times["dense"], times[m])
             row = rows.add({
                 "key": keys[m], "kind": "latency", "arch": arch, "target": t, "method": m, "batch": b,
                 "backend": "ort-cpu", "threads": 2, "input_shape": shape, "round_to": v.get("round_to"),
                 "flops_ratio": v["flops_ratio"], "params_slim": v["params_slim"],
                 "dense_ms": float(np.median(times["dense"])), "slim_ms": float(np.median(times[m])),
-                "speedup": speedup, "speedup_p10_p90": [float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))],
+                "speedup": speedup, "speedup_p10_p90": spread,
                 "efficiency": speedup * v["flops_ratio"], **TIMING[b],
             })
             print(f"  {m:<16} FLOPs {row['flops_ratio']:.3f}  {row['slim_ms']:8.1f} ms  speedup {speedup:.2f}x  "

@@ -5,12 +5,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .artifacts import atomic_write_text
 from .errors import ArtifactError, ChanpruneError
-from .measure.latency import BACKENDS, available_backends, make_runner, measure_interleaved, summarize
+from .measure.latency import BACKENDS, available_backends, make_runner, measure_interleaved, ratio_stats, summarize
 
 __all__ = ["bench_models", "check_regression"]
 
@@ -91,10 +90,9 @@ def bench_models(model: str | os.PathLike, *, vs: str | os.PathLike | None = Non
             row = summarize(str(model), backend, b, threads, warmup, times["model"], per_round).to_dict()
             if vs is not None:
                 ref = summarize(str(vs), backend, b, threads, warmup, times["vs"], per_round)
-                ratios = [o / m for o, m in zip(times["vs"], times["model"])]
-                row.update({"vs_p50_ms": ref.p50_ms, "vs_p90_ms": ref.p90_ms,
-                            "speedup": float(np.median(ratios)),
-                            "speedup_spread": [float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))]})
+                speedup, spread = ratio_stats(times["vs"], times["model"])
+                row.update({"vs_p50_ms": ref.p50_ms, "vs_p90_ms": ref.p90_ms, "speedup": speedup,
+                            "speedup_spread": spread})
             out["results"].append(row)
     atomic_write_text(Path(str(model) + ".bench.json"), json.dumps(out, indent=1))
     return out

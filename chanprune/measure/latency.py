@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_runner", "measure_interleaved"]
+__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_runner", "measure_interleaved", "ratio_stats"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 
@@ -104,3 +104,9 @@ def summarize(name: str, backend: str, batch: int, threads: int, warmup: int, ms
     q = np.percentile(ms, [50, 90])
     return LatencyReport(name, backend, batch, threads, warmup, len(ms) * per_round, float(q[0]), float(q[1]),
                          float(statistics.fmean(ms)))
+
+
+def ratio_stats(numerator: list[float], denominator: list[float]) -> tuple[float, list[float]]:
+    """The median and the 10th-90th percentiles of the per-round ratios numerator / denominator."""
+    ratios = [n / d for n, d in zip(numerator, denominator)]
+    return float(np.median(ratios)), [float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))]
