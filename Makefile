@@ -19,7 +19,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The layers and no import cycles (setup.cfg's import-linter contracts), then the tests.
 test: venv
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: venv

@@ -56,7 +56,7 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, out: Path) -> d
     seconds = time.perf_counter() - t0
     slim = export(run / "model.pt", run / "slim")
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    learned = [h for h in hist if "flops_ratio_at_tau" in h]
+    learned = [h for h in hist if "cost_ratio_at_tau" in h]
     return rows.add({
         "key": key, "arch": arch, "target": t, "seed": seed, "method": "chanprune",
         "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
@@ -75,6 +75,8 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, import
     import torch
 
     from chanprune.artifacts import load_artifact
+    from chanprune.checkpoint import DenseCheckpoint
+    from chanprune.checkpointer import Checkpointer
     from chanprune.learn import TrainConfig, evaluate, fit
     from chanprune.measure.flops import count_flops, count_params
     from chanprune.runs import _setup
@@ -94,8 +96,10 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, import
     (run / "metrics.jsonl").unlink(missing_ok=True)
     for p in pruned.parameters():
         p.requires_grad_(True)
-    state = fit(pruned, bundle.train, bundle.val, TrainConfig(epochs=EPOCHS, lr=LR, seed=seed), out=run,
-                header={"arch": f"{arch} pruned by torch-pruning"})
+    # the checkpoint names the arch it was pruned from; a torch-pruning model cannot be rebuilt from it
+    template = DenseCheckpoint(arch, ckpt["build_kwargs"], shape, {}, data="fashion-mnist")
+    state = fit(pruned, bundle.train, bundle.val, TrainConfig(epochs=EPOCHS, lr=LR, seed=seed),
+                checkpointer=Checkpointer(run, template))
     seconds = time.perf_counter() - t0
     return rows.add({
         "key": key, "arch": arch, "target": t, "seed": seed, "method": f"tp-{importance}",

@@ -27,10 +27,10 @@ def step_times(arch: str, shape: list[int], rounds: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from chanprune.budget import CostModel
+    from chanprune.cost import FlopsCost
     from chanprune.gates import GateSet
     from chanprune.graph import find_groups
-    from chanprune.learn import budget_loss
+    from chanprune.objective import budget_loss
     from chanprune.measure.latency import ratio_stats
     from chanprune.zoo import build_model
 
@@ -39,7 +39,7 @@ def step_times(arch: str, shape: list[int], rounds: int) -> dict:
     gated = copy.deepcopy(plain)
     x1 = torch.zeros([1, *shape[1:]])
     graph = find_groups(gated, x1)
-    cost = CostModel(gated, x1, graph)
+    cost = FlopsCost(gated, x1, graph)
     gates = GateSet(graph).attach_(gated)
     x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -55,7 +55,7 @@ def step_times(arch: str, shape: list[int], rounds: int) -> dict:
     def step_gated():
         opt_w.zero_grad(set_to_none=True)
         opt_g.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(gated(x), y) + 5.0 * budget_loss(cost, gates.current(), 0.5, "flops")[0]
+        loss = F.cross_entropy(gated(x), y) + 5.0 * budget_loss(cost, gates.current(), 0.5)[0]
         loss.backward()
         opt_w.step()
         opt_g.step()
@@ -80,16 +80,16 @@ def export_time(model_pt: Path, out: Path) -> dict:
     import torch
 
     from chanprune.export import export_onnx, onnx_session, run_onnx
-    from chanprune.runs import GatedModel
+    from chanprune.load import GatedModel
     from chanprune.surgery import apply_plan_
 
     shape = [1, 3, 224, 224]
     marks = {}
     t0 = time.perf_counter()
-    gm = GatedModel(model_pt, input_shape=shape)
+    gm = GatedModel.load(model_pt, input_shape=shape)
     marks["load_graph_cost_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan = gm.plan(0.5)
+    plan = gm.plan()
     marks["freeze"] = time.perf_counter() - t0
     x = torch.randn(shape)
     gm.gates.detach_()

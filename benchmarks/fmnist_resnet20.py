@@ -11,7 +11,6 @@ Writes benchmarks/results/fmnist_resnet20.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -47,21 +46,23 @@ def main():
     from chanprune.data import load_data
     from chanprune.learn import evaluate
     from chanprune.measure import count_flops
-    from chanprune.runs import GatedModel
-    from chanprune.surgery import apply_plan_
+    from chanprune.cut import cut
+    from chanprune.load import GatedModel
     from chanprune.zoo import build_model
 
     torch.set_num_threads(2)
     data = load_data("fashion-mnist", channels=3, seed=a.seed)
     dense = build_model("resnet20", num_classes=10)
     dense.load_state_dict(torch.load(base / "model.pt", weights_only=True)["state_dict"])
-    gm = GatedModel(learned / "model.pt")
-    plan = gm.plan(0.5)
+    gm = GatedModel.load(learned / "model.pt")
+    plan = gm.plan()
     gm.gates.fix_(plan.keep_masks(gm.graph))
     x = torch.zeros(gm.input_shape)
     gated_acc = evaluate(gm.model, data.test)["accuracy"]
-    gm.gates.detach_()
-    slim = apply_plan_(copy.deepcopy(gm.model), plan, x, graph=gm.graph)
+    cutting = cut(gm.model, gm.graph, plan, torch.randn(4, *gm.input_shape[1:]), gates=gm.gates)
+    if not cutting.exact:
+        raise SystemExit(f"slim differs from the gated model by {cutting.max_abs_diff:.2e}")
+    slim = cutting.slim
     flops_dense, flops_slim = count_flops(dense, x).total, count_flops(slim, x).total
     learned_ckpt = torch.load(learned / "model.pt", weights_only=True)
     learn_rows = [json.loads(line) for line in (learned / "metrics.jsonl").read_text().splitlines()]
@@ -76,9 +77,9 @@ def main():
         "params_slim": sum(p.numel() for p in slim.parameters()),
         "polarized": learned_ckpt["result"]["polarized"],
         "accuracy_after_learning_before_finetune": next(
-            (r["val_accuracy"] for r in learn_rows if r["epoch"] == a.learn_epochs and "flops_ratio_at_tau" in r), None),
+            (r["val_accuracy"] for r in learn_rows if r["epoch"] == a.learn_epochs and "cost_ratio_at_tau" in r), None),
         "baseline_epoch_seconds": epoch_seconds(base),
-        "learn_epoch_seconds": sorted(r["epoch_seconds"] for r in learn_rows if "flops_ratio_at_tau" in r)[a.learn_epochs // 2],
+        "learn_epoch_seconds": sorted(r["epoch_seconds"] for r in learn_rows if "cost_ratio_at_tau" in r)[a.learn_epochs // 2],
         "epochs": {"baseline": a.epochs, "learn": a.learn_epochs, "finetune": a.finetune_epochs},
         "command": "python benchmarks/fmnist_resnet20.py " + " ".join(sys.argv[1:]),
     }

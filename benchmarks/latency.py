@@ -43,7 +43,7 @@ def learn(rows: Rows, arch: str, t: float, run: Path) -> dict:
     slim = export(run / "model.pt", run / "slim", "--input-shape", ",".join(map(str, DEPLOY)))
     return rows.add({
         "key": key, "kind": "learn", "arch": arch, "target": t, "learn": LEARN,
-        "flops_ratio_predicted_64px": hist[-1]["flops_ratio_at_tau"], "flops_ratio_224": slim["flops_ratio"],
+        "flops_ratio_predicted_64px": hist[-1]["cost_ratio_at_tau"], "flops_ratio_224": slim["flops_ratio"],
         "polarized": hist[-1]["polarized"], "val_accuracy": hist[-1]["val_accuracy"],
         "seconds": round(seconds, 1) if seconds > 1 else None,
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
@@ -60,9 +60,9 @@ def tp_variant(run: Path, name: str, flops_target_ratio: float, round_to: int | 
     from chanprune.artifacts import atomic_write_text
     from chanprune.export import export_onnx
     from chanprune.measure.flops import count_flops, count_params
-    from chanprune.runs import GatedModel
+    from chanprune.load import GatedModel
 
-    gm = GatedModel(run / "model.pt")
+    gm = GatedModel.load(run / "model.pt")
     gm.gates.detach_()
     base = gm.model.eval()
     x64 = torch.zeros(gm.input_shape)

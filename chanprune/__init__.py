@@ -2,8 +2,12 @@
 
 The pipeline, one stage per module::
 
-    zoo.build_model -> graph.find_groups -> gates.attach_gates -> (learn) -> freeze.freeze
-    -> surgery.apply_plan_ -> export.export_onnx -> measure
+    zoo.build_model -> graph.find_groups -> gates.attach_gates -> (learn.fit under a cost.Cost)
+    -> freeze.freeze -> cut.cut (surgery.apply_plan_ + parity) -> export.export_onnx -> measure
+
+Layers (enforced by import-linter, see setup.cfg): the CLI (`chanprune_cli`) calls commands
+(runs, deploy, evaluate, bench, check, report), which call stages (learn, freeze, cut, load, ...),
+which use the core (graph, gates, cost, plan, checkpoint, zoo, data, export, measure, artifacts).
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
@@ -12,14 +16,17 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from .artifacts import atomic_save, load_artifact, load_slim, save_slim
-from .budget import CostModel
+from .artifacts import atomic_save, load_artifact
 from .check import CheckReport, check_model
+from .checkpoint import DenseCheckpoint, GatedCheckpoint
+from .cost import ChannelsCost, Cost, FlopsCost, list_costs, make_cost, register_cost
+from .cut import CutResult, cut
 from .errors import ArtifactError, ChanpruneError, PlanError, UnknownArchError, UnsupportedModelError
 from .export import export_onnx, onnx_session, run_onnx
-from .freeze import PolarizationReport, freeze, polarization, random_plan
-from .gates import GateSet, GumbelGate, attach_gates
+from .freeze import PolarizationReport, freeze, polarization, random_plan, round_plan
+from .gates import Gate, GateSet, GumbelGate, attach_gates, list_gates, make_gate, register_gate
 from .graph import ChannelGraph, ChannelGroup, Site, find_groups
+from .load import GatedModel, load_slim, save_slim
 from .measure import FlopReport, count_flops, count_params
 from .plan import GroupPlan, PrunePlan
 from .surgery import ConstantOutput, ZeroChannels, apply_plan_
@@ -30,11 +37,12 @@ __all__ = [
     "ArtifactError", "ChanpruneError", "PlanError", "UnknownArchError", "UnsupportedModelError",
     "build_model", "list_archs", "register_arch",
     "ChannelGraph", "ChannelGroup", "Site", "find_groups",
-    "GateSet", "GumbelGate", "attach_gates",
-    "PolarizationReport", "freeze", "polarization", "random_plan",
+    "Gate", "GateSet", "GumbelGate", "attach_gates", "list_gates", "make_gate", "register_gate",
+    "PolarizationReport", "freeze", "polarization", "random_plan", "round_plan",
     "GroupPlan", "PrunePlan",
-    "CostModel",
-    "ConstantOutput", "ZeroChannels", "apply_plan_",
+    "Cost", "FlopsCost", "ChannelsCost", "list_costs", "make_cost", "register_cost",
+    "ConstantOutput", "ZeroChannels", "apply_plan_", "CutResult", "cut",
+    "DenseCheckpoint", "GatedCheckpoint", "GatedModel",
     "atomic_save", "load_artifact", "load_slim", "save_slim",
     "export_onnx", "onnx_session", "run_onnx",
     "FlopReport", "count_flops", "count_params",

@@ -1,7 +1,8 @@
 """Artifacts on disk: atomic writes, safe loads (`weights_only=True`), format tags, provenance.
 
-No module is ever pickled: a slim model is saved as {arch, build kwargs, plan, state_dict} and
-rebuilt on load by building the arch, applying the plan and loading the weights.
+No module is ever pickled: every artifact is tensors and JSON types. What each kind holds is
+defined where it is written and read: `checkpoint` (dense and gated checkpoints), `load` (slim
+models), `plan` (plan.json).
 """
 from __future__ import annotations
 
@@ -16,19 +17,18 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .errors import ArtifactError
-from .plan import PrunePlan
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_artifact", "provenance",
-           "save_slim", "load_slim", "load_state_dict_file", "DENSE_FORMAT", "GATED_FORMAT", "SLIM_FORMAT"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_artifact", "check_format", "provenance",
+           "load_state_dict_file", "DENSE_FORMAT", "GATED_FORMAT", "GATED_FORMAT_V1", "SLIM_FORMAT"]
 
 DENSE_FORMAT = "chanprune.dense/1"
-GATED_FORMAT = "chanprune.gated/1"
+GATED_FORMAT = "chanprune.gated/2"  # /2 records the gate kind and the budget's cost
+GATED_FORMAT_V1 = "chanprune.gated/1"
 SLIM_FORMAT = "chanprune.slim/1"
 _KNOWN = {DENSE_FORMAT: "a dense checkpoint (chanprune train)", GATED_FORMAT: "a gated checkpoint (chanprune learn)",
-          SLIM_FORMAT: "a slim model (chanprune export)"}
+          GATED_FORMAT_V1: "a gated checkpoint (chanprune learn)", SLIM_FORMAT: "a slim model (chanprune export)"}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -124,7 +124,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Weights from a dense or gated chanprune checkpoint, or a plain state_dict file."""
     obj = _safe_torch_load(Path(path))
     if isinstance(obj, dict) and "format" in obj:
-        if obj["format"] not in (DENSE_FORMAT, GATED_FORMAT):
+        if obj["format"] not in (DENSE_FORMAT, GATED_FORMAT, GATED_FORMAT_V1):
             raise ArtifactError(f"{path} is {_KNOWN.get(obj['format'], obj['format'])}; --weights takes dense weights")
         obj = obj.get("state_dict")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -134,8 +134,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- provenance
 def provenance(seed: int | None = None) -> dict:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        __version__ = version("chanprune")
+    except PackageNotFoundError:
+        __version__ = "0.0.0+unknown"
     rev = None
     try:
         here = Path(__file__).resolve().parent
@@ -150,54 +154,3 @@ def provenance(seed: int | None = None) -> dict:
 def _program() -> str:
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     return "chanprune" if name in ("chanprune", "main.py", "__main__.py") else name
-
-
-# ----------------------------------------------------------------------------- slim models
-def save_slim(path: str | os.PathLike, slim: nn.Module, *, arch: str, plan: PrunePlan, input_shape: list[int],
-              build_kwargs: dict | None = None, seed: int | None = None) -> Path:
-    return atomic_save({
-        "format": SLIM_FORMAT, "arch": arch, "build_kwargs": dict(build_kwargs or {}),
-        "input_shape": list(input_shape), "plan": plan.to_dict(), "state_dict": slim.state_dict(),
-        "provenance": provenance(seed)}, path)
-
-
-def saved_arch(obj: dict, path: str | os.PathLike, arch: str | None) -> str:
-    """The arch an artifact names. A `module:function` arch is returned only when the caller
-    named it too (`arch`): a file never makes us import code by itself."""
-    saved = obj.get("arch")
-    if not isinstance(saved, str):
-        raise ArtifactError(f"{path}: missing 'arch'")
-    if ":" in saved and arch != saved:
-        raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} "
-                            "to allow importing that code")
-    return saved
-
-
-def load_slim(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a slim model: build the arch, apply the plan, load the weights (strictly).
-
-    An arch given as `module:function` is imported only when the caller names it again (`arch`).
-    """
-    from .surgery import apply_plan_
-    from .zoo import build_model
-
-    obj = load_artifact(path, SLIM_FORMAT)
-    saved = saved_arch(obj, path, arch)
-    if arch is not None and arch != saved:
-        raise ArtifactError(f"{path} holds a {saved}, not a {arch}")
-    plan = PrunePlan.from_dict(obj.get("plan"))
-    kwargs = obj.get("build_kwargs") or {}
-    if not isinstance(kwargs, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for k, v in kwargs.items()
-                                               if k in ("num_classes", "in_channels")):
-        raise ArtifactError(f"{path}: 'build_kwargs' must map num_classes/in_channels to integers")
-    shape = obj.get("input_shape")
-    if (not isinstance(shape, list) or len(shape) < 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-        raise ArtifactError(f"{path}: 'input_shape' must be a list of positive integers")
-    model = build_model(saved, **{k: v for k, v in kwargs.items() if k in ("num_classes", "in_channels")})
-    apply_plan_(model, plan, torch.zeros([1, *shape[1:]]))
-    try:
-        model.load_state_dict(obj["state_dict"], strict=True)
-    except (RuntimeError, KeyError) as e:
-        raise ArtifactError(f"{path}: the weights do not fit the rebuilt slim model ({str(e).splitlines()[0]})") from e
-    return model.eval(), obj

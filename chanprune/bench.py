@@ -9,6 +9,7 @@ import torch
 
 from .artifacts import atomic_write_text
 from .errors import ArtifactError, ChanpruneError
+from .load import load_any
 from .measure.latency import BACKENDS, available_backends, make_runner, measure_interleaved, ratio_stats, summarize
 
 __all__ = ["bench_models", "check_regression"]
@@ -25,8 +26,6 @@ def _target(path: Path, backend: str, arch: str | None):
         return onnx
     if path.suffix == ".onnx":
         raise ChanpruneError(f"{path}: torch backends need a .pt (slim.pt or model.pt), not an ONNX file")
-    from .evaluate import load_any
-
     return load_any(path, arch=arch)[1]
 
 
@@ -37,7 +36,6 @@ def _stats(path: Path, shape: list[int], arch: str | None) -> dict:
             d = json.loads(ej.read_text())
             return {"flops": d.get("flops_slim"), "params": d.get("params_slim"), "flops_source": str(ej)}
         return {"flops": None, "params": None, "flops_source": None}
-    from .evaluate import load_any
     from .measure.flops import count_flops, count_params
 
     model = load_any(path, arch=arch)[1]
@@ -53,8 +51,6 @@ def _shape(path: Path, given: list[int] | None, arch: str | None) -> list[int]:
 
         dims = onnx_session(path).get_inputs()[0].shape
         return [d if isinstance(d, int) else 1 for d in dims]
-    from .evaluate import load_any
-
     return list(load_any(path, arch=arch)[2])
 
 

@@ -1,7 +1,6 @@
 """`check`: will this model prune exactly? Random plan -> gated vs slim -> ONNX vs slim."""
 from __future__ import annotations
 
-import copy
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -9,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .budget import CostModel
+from .cost import FlopsCost
+from .cut import cut
 from .export import DEFAULT_ATOL, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx, within_tolerance
 from .freeze import random_plan
 from .gates import attach_gates
 from .graph import ChannelGraph, find_groups
 from .measure.flops import count_flops, count_params
-from .surgery import apply_plan_
 
 __all__ = ["CheckReport", "check_model", "collapsible_groups", "perturb_batchnorm_"]
 
@@ -102,22 +101,11 @@ def check_model(model: nn.Module, *, arch: str, input_shape: list[int], keep: fl
     torch.manual_seed(seed)
     x = torch.randn(*input_shape)
     graph = find_groups(model, x, ignored=ignored)
-    cost = CostModel(model, x, graph)
+    flops = FlopsCost(model, x, graph)
     zero = collapsible_groups(model, graph, x, limit=zero_width) if zero_width else []
     plan = random_plan(graph, keep=keep, seed=seed, zero=tuple(zero), arch=arch, input_shape=list(input_shape))
-    slim = copy.deepcopy(model)
-    gates = attach_gates(model, graph).fix_(plan.keep_masks(graph))
-    try:
-        with torch.no_grad():
-            y_gated = model(x)
-    finally:
-        gates.detach_()
-    apply_plan_(slim, plan, x, graph=graph)
-    with torch.no_grad():
-        y_slim = slim(x)
-    scale = float(y_gated.abs().max())
-    diff = max_abs_diff(y_slim, y_gated)
-    exact = within_tolerance(diff, scale, atol=atol, rtol=rtol)
+    res = cut(model, graph, plan, x, atol=atol, rtol=rtol)
+    slim, diff, exact = res.slim, res.max_abs_diff, res.exact
     onnx_diff, onnx_error = None, None
     if onnx:
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +122,8 @@ def check_model(model: nn.Module, *, arch: str, input_shape: list[int], keep: fl
     return CheckReport(
         arch=arch, input_shape=list(input_shape), exact=exact, max_abs_diff=diff, onnx_max_abs_diff=onnx_diff,
         tolerance={"atol": atol, "rtol": rtol},
-        flops_dense=int(cost.dense), flops_slim=count_flops(slim, x).total, flops_predicted=cost.plan_flops(plan, graph),
+        flops_dense=int(flops.dense()), flops_slim=count_flops(slim, x).total, flops_predicted=flops.plan_cost(plan),
         params_dense=count_params(model), params_slim=count_params(slim), groups=len(graph.groups),
         gated_channels=graph.num_channels, kept_channels=plan.kept_channels,
-        zero_width_groups=len(plan.zero_width_groups), gated_flops_fraction=cost.gated_fraction,
+        zero_width_groups=len(plan.zero_width_groups), gated_flops_fraction=flops.gated_fraction,
         unsupported=graph.unsupported, heads=graph.heads, onnx_error=onnx_error)

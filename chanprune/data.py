@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from .errors import ChanpruneError
 
-__all__ = ["DataBundle", "Split", "load_data", "DATASETS", "FASHION_MNIST_DIRS"]
+__all__ = ["DataBundle", "Split", "load_data", "FASHION_MNIST_DIRS"]
 
-DATASETS = ("fashion-mnist", "digits", "imagefolder", "cifar10")
 # Where the Debian package `dataset-fashion-mnist` installs its IDX files (`dpkg -L dataset-fashion-mnist`).
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 

@@ -7,43 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import (DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_write_text, load_artifact, load_slim,
-                        saved_arch)
+from .artifacts import atomic_write_text
 from .data import load_data
 from .learn import evaluate as evaluate_torch
+from .load import load_any
 
-__all__ = ["eval_model", "load_any"]
-
-
-def load_any(path: str | os.PathLike, *, tau: float = 0.5, arch: str | None = None):
-    """(kind, torch model or onnxruntime session, input shape) for a .pt of any kind or a .onnx."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from .export import onnx_session
-
-        sess = onnx_session(path)
-        shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
-        return "onnx", sess, shape
-    obj = load_artifact(path, (GATED_FORMAT, SLIM_FORMAT, DENSE_FORMAT))
-    if obj["format"] == SLIM_FORMAT:
-        model, obj = load_slim(path, arch=arch)
-        return "slim", model, obj["input_shape"]
-    if obj["format"] == GATED_FORMAT:
-        from .runs import GatedModel
-
-        gm = GatedModel(path, arch=arch)
-        plan = gm.plan(tau)
-        gm.gates.fix_(plan.keep_masks(gm.graph))
-        return "gated", gm.model.eval(), gm.input_shape
-    from .zoo import build_model
-
-    kw = obj.get("build_kwargs") or {}
-    model = build_model(saved_arch(obj, path, arch), num_classes=kw.get("num_classes"), in_channels=kw.get("in_channels", 3))
-    model.load_state_dict(obj["state_dict"])
-    return "dense", model.eval(), obj["input_shape"]
+__all__ = ["eval_model"]
 
 
-def eval_model(path: str | os.PathLike, *, data: str, batch_size: int = 256, tau: float = 0.5,
+def eval_model(path: str | os.PathLike, *, data: str, batch_size: int = 256, tau: float | None = None,
                arch: str | None = None) -> dict:
     kind, model, shape = load_any(path, tau=tau, arch=arch)
     bundle = load_data(data, channels=shape[1], size=shape[-1])

@@ -1,4 +1,5 @@
-"""Freeze: decide a `PrunePlan` from gate probabilities (tau-thresholding). Touches no model."""
+"""Freeze: decide a `PrunePlan` from gate probabilities (tau-thresholding), and move a plan onto a
+hardware grid (`round_plan`) under any cost. Touches no model."""
 from __future__ import annotations
 
 import math
@@ -6,10 +7,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .cost import Cost
 from .graph import ChannelGraph, ChannelGroup
 from .plan import GroupPlan, PrunePlan
 
-__all__ = ["freeze", "random_plan", "polarization", "PolarizationReport"]
+__all__ = ["freeze", "round_plan", "random_plan", "polarization", "PolarizationReport"]
 
 
 @dataclass
@@ -60,13 +62,14 @@ def _equalise(keep: list[int], scores: torch.Tensor, group: ChannelGroup) -> lis
 
 
 def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, min_keep: int = 0,
-           arch: str | None = None, input_shape: list[int] | None = None) -> PrunePlan:
+           arch: str | None = None, input_shape: list[int] | None = None, cost: Cost | None = None) -> PrunePlan:
     """Keep channel i of a group iff p_i > tau (Herrmann et al. 2020, 3.3).
 
     Grouped convolutions keep equal counts per conv group (the nearest to the thresholded counts,
     chosen by p): the frozen gated model is then the model frozen with *this* plan. A group that
     keeps some but fewer than `min_keep` channels keeps its `min_keep` most probable ones; a group
-    that keeps none stays removed whole (the surgeon collapses it exactly).
+    that keeps none stays removed whole (the surgeon collapses it exactly). With a `cost`, the
+    plan's predicted cost ratio is recorded in its meta.
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
@@ -79,7 +82,53 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
         if 0 < len(keep) < min_keep:
             keep = sorted(int(i) for i in torch.argsort(p, descending=True, stable=True)[:min(min_keep, g.size)])
         groups.append(GroupPlan(g.name, g.size, _equalise(keep, p, g), [float(x) for x in p]))
-    return PrunePlan(groups, arch, input_shape, tau)
+    plan = PrunePlan(groups, arch, input_shape, tau, {"min_keep": min_keep} if min_keep else {})
+    if cost is not None:
+        plan.meta["cost"] = {"name": cost.name, "ratio": cost.ratio(plan)}
+    return plan
+
+
+def round_plan(plan: PrunePlan, graph: ChannelGraph, n: int, cost: Cost | None = None) -> PrunePlan:
+    """Kept counts per group become multiples of `n`, choosing channels by gate probability.
+
+    Each count first rounds down (to at least `n`, or the group's size; a removed group stays
+    removed). With a cost, groups are then rounded up, those that lost most first, while the
+    predicted cost stays within the unrounded plan's: the target holds. Groups that feed a grouped
+    conv keep their plan (equal counts per conv group come first).
+    """
+    if n < 1:
+        raise ValueError(f"--round-to must be >= 1, got {n}")
+
+    def pick(gp, k):
+        probs = (torch.tensor(gp.probs) if gp.probs is not None
+                 else torch.zeros(gp.size).index_fill_(0, torch.tensor(gp.keep, dtype=torch.long), 1.0))
+        return GroupPlan(gp.name, gp.size, sorted(int(i) for i in torch.argsort(probs, descending=True, stable=True)[:k]),
+                         gp.probs)
+
+    groups, lost = [], []
+    for i, gp in enumerate(plan.groups):
+        g = graph.group(gp.name)
+        k = len(gp.keep)
+        if k == 0 or g.partition or n == 1 or k == g.size:
+            groups.append(gp)
+            continue
+        down = min(g.size, max(n, (k // n) * n))
+        groups.append(pick(gp, down))
+        if down < k:
+            lost.append((k - down, i))
+    out = PrunePlan(groups, plan.arch, plan.input_shape, plan.tau, {**plan.meta, "round_to": n})
+    if cost is not None:
+        budget = cost.plan_cost(plan)
+        for _, i in sorted(lost, reverse=True):
+            gp = plan.groups[i]
+            up = min(gp.size, len(out.groups[i].keep) + n)
+            trial = list(out.groups)
+            trial[i] = pick(gp, up)
+            cand = PrunePlan(trial, out.arch, out.input_shape, out.tau, out.meta)
+            if cost.plan_cost(cand) <= budget:
+                out = cand
+        out.meta["cost"] = {"name": cost.name, "ratio": cost.ratio(out)}
+    return out
 
 
 def random_plan(graph: ChannelGraph, *, keep: float = 0.5, seed: int = 0, zero: tuple[str, ...] = (),

@@ -1,4 +1,4 @@
-"""Data-independent Gumbel-softmax channel gates, one per channel group.
+"""Channel gates, one per channel group: the `Gate` interface, its registry, and the Gumbel kind.
 
 The exactness rule: a group's mask multiplies its channels at the *input of every layer that
 consumes them* (forward pre-hooks), so a channel that is off is invisible to the rest of the
@@ -12,12 +12,80 @@ from torch import nn
 
 from .graph import ChannelGraph
 
-__all__ = ["GumbelGate", "GateSet", "attach_gates"]
+__all__ = ["Gate", "GumbelGate", "GateSet", "attach_gates", "register_gate", "make_gate", "list_gates",
+           "EVAL_MODES"]
 
-EVAL_MODES = ("threshold", "stochastic", "on")
+EVAL_MODES = ("threshold", "stochastic")
 
 
-class GumbelGate(nn.Module):
+class Gate(nn.Module):
+    """One group's gate: a keep-probability per channel and a way to draw hard masks.
+
+    A kind implements `probs()`, `sample(batch)` (a hard 0/1 mask of shape (batch, C) whose
+    gradient reaches the gate's parameters) and `config()` (the JSON settings that rebuild it;
+    its parameters travel in the state dict). Inference modes (`mask`): "threshold" keeps
+    p > tau, the same for every input; "stochastic" draws a sample.
+
+    `input_dependent` gates (conditional computation) compute their mask from the input of the
+    layer they gate, inside the forward pass; the data-independent ones are drawn once per forward
+    pass, before the first layer runs, and shared by every consumer of the group.
+    """
+
+    kind: str = ""
+    input_dependent: bool = False
+
+    @property
+    def num_channels(self) -> int:
+        raise NotImplementedError
+
+    def probs(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, batch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {}
+
+    def mask(self, mode: str, *, batch: int = 1, tau: float = 0.5) -> torch.Tensor:
+        """The mask in inference mode `mode`: (1, C) for "threshold", (batch, C) for "stochastic"."""
+        if mode == "threshold":
+            return (self.probs() > tau).float().unsqueeze(0)
+        if mode == "stochastic":
+            return self.sample(batch)
+        raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
+
+
+_GATES: dict[str, type[Gate]] = {}
+
+
+def register_gate(kind: str):
+    """Register a `Gate` class under `kind` (the value of `learn --gate`)."""
+
+    def deco(cls):
+        if kind in _GATES:
+            raise ValueError(f"gate kind {kind!r} is already registered")
+        cls.kind = kind
+        _GATES[kind] = cls
+        return cls
+
+    return deco
+
+
+def list_gates() -> list[str]:
+    return sorted(_GATES)
+
+
+def make_gate(kind: str, num_channels: int, **config) -> Gate:
+    try:
+        cls = _GATES[kind]
+    except KeyError:
+        raise ValueError(f"unknown gate kind {kind!r}; choose one of {', '.join(list_gates())}") from None
+    return cls(num_channels, **config)
+
+
+@register_gate("gumbel")
+class GumbelGate(Gate):
     """Two logits (w0, w1) per channel; p = sigmoid(w1 - w0).
 
     `sample(b)` draws a hard Z in {0, 1} of shape (b, C) with the straight-through Gumbel-softmax
@@ -25,9 +93,10 @@ class GumbelGate(nn.Module):
     gradient in the backward pass. Initialised nearly open, at the authors' logits [0.1, 4].
     """
 
-    def __init__(self, num_channels: int, *, init: tuple[float, float] = (0.1, 4.0)):
+    def __init__(self, num_channels: int, *, init: tuple[float, float] = (0.1, 4.0), temperature: float = 1.0):
         super().__init__()
-        self.logits = nn.Parameter(torch.tensor([init], dtype=torch.float32).repeat(num_channels, 1))
+        self.init, self.temperature = (float(init[0]), float(init[1])), float(temperature)
+        self.logits = nn.Parameter(torch.tensor([self.init], dtype=torch.float32).repeat(num_channels, 1))
 
     @property
     def num_channels(self) -> int:
@@ -36,33 +105,38 @@ class GumbelGate(nn.Module):
     def probs(self) -> torch.Tensor:
         return torch.sigmoid(self.logits[:, 1] - self.logits[:, 0])
 
-    def sample(self, batch: int, *, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, batch: int) -> torch.Tensor:
         logits = self.logits.unsqueeze(0).expand(batch, -1, -1)
-        return F.gumbel_softmax(logits, tau=temperature, hard=True, dim=-1)[..., 1]
+        return F.gumbel_softmax(logits, tau=self.temperature, hard=True, dim=-1)[..., 1]
 
-    def deterministic(self, mode: str, tau: float) -> torch.Tensor:
-        if mode == "on":
-            return torch.ones(1, self.num_channels, device=self.logits.device)
-        if mode == "threshold":
-            return (self.probs() > tau).float().unsqueeze(0)
-        raise ValueError(f"unknown gate eval mode {mode!r}; choose one of {EVAL_MODES}")
+    def config(self) -> dict:
+        return {"init": list(self.init), "temperature": self.temperature}
 
 
 class GateSet(nn.Module):
     """The gates of one model, and the hooks that apply them.
 
     In training mode every forward draws one sample per example, shared by all consumers of a group.
-    In eval mode the gates follow `eval_mode` ("threshold" at `tau`, "stochastic", or "on").
+    In eval mode the gates follow `mode` ("threshold" at `tau`, or "stochastic").
     `fix_(plan)` pins fixed keep-masks: the frozen gated model that a slim model must reproduce.
+    `kind` and `config` choose the gate (a registered kind and its settings).
     """
 
-    def __init__(self, graph: ChannelGraph, *, init: tuple[float, float] = (0.1, 4.0)):
+    def __init__(self, graph: ChannelGraph, *, kind: str = "gumbel", tau: float = 0.5, mode: str = "threshold",
+                 config: dict | None = None):
         super().__init__()
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if mode not in EVAL_MODES:
+            raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
         self.graph = graph
         self.names = [g.name for g in graph.groups]
-        self.gates = nn.ModuleList(GumbelGate(g.size, init=init) for g in graph.groups)
-        self.eval_mode = "threshold"
-        self.tau = 0.5
+        self.kind, self.config = kind, dict(config or {})
+        self.gates = nn.ModuleList(make_gate(kind, g.size, **self.config) for g in graph.groups)
+        if any(g.input_dependent for g in self.gates):
+            raise NotImplementedError(f"gate kind {kind!r} depends on the input; GateSet does not run such gates yet")
+        self.mode = mode
+        self.tau = tau
         self._fixed: list[torch.Tensor] | None = None
         self._z: list[torch.Tensor] | None = None
         self._handles: list = []
@@ -121,10 +195,7 @@ class GateSet(nn.Module):
             self._z = [g.sample(batch) for g in self.gates]
         else:
             with torch.no_grad():
-                if self.eval_mode == "stochastic":
-                    self._z = [g.sample(batch) for g in self.gates]
-                else:
-                    self._z = [g.deterministic(self.eval_mode, self.tau) for g in self.gates]
+                self._z = [g.mask(self.mode, batch=batch, tau=self.tau) for g in self.gates]
 
     def _make_hook(self, entries):
         def hook(module, args):
@@ -148,5 +219,5 @@ class GateSet(nn.Module):
 
 
 def attach_gates(model: nn.Module, graph: ChannelGraph, **kwargs) -> GateSet:
-    """One `GumbelGate` per group of `graph`, hooked into `model`."""
+    """One gate per group of `graph` (Gumbel unless `kind` says otherwise), hooked into `model`."""
     return GateSet(graph, **kwargs).attach_(model)

@@ -20,13 +20,12 @@ __all__ = ["Site", "ChannelGroup", "ChannelGraph", "find_groups", "build_depende
 # Roles of a site: "in" (a channel-mixing layer's inputs: the gate masks here), "out" (a
 # conv/linear's outputs), "dw" (a depthwise conv: channel in = channel out), "chan" (a per-channel
 # layer such as batch norm), "param" (a free per-channel nn.Parameter such as a layer scale).
-ROLES = ("in", "out", "dw", "chan", "param")
 
 
 @dataclass
 class Site:
     module: str
-    role: str
+    role: str  # "in", "out", "dw", "chan" or "param" (above)
     layer_idxs: list[int]
     root_idxs: list[int]
     channels: int  # the layer's channel count along this dimension (dense)

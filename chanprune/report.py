@@ -29,6 +29,10 @@ def _jsons(run: Path, suffix: str) -> list[dict]:
     return out
 
 
+def _cost_label(name: str) -> str:
+    return {"flops": "FLOPs"}.get(name, name)
+
+
 def make_report(run: str | os.PathLike) -> dict:
     """PNGs (kept channels per group, gate histogram, learning curves) and summary.md in RUN."""
     run = Path(run)
@@ -40,12 +44,12 @@ def make_report(run: str | os.PathLike) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .artifacts import GATED_FORMAT, load_artifact
+    from .artifacts import GATED_FORMAT, GATED_FORMAT_V1, load_artifact
     from .runs import inspect_run
 
     files, rows = {}, []
     ckpt = load_artifact(ckpt_path)
-    info = inspect_run(ckpt_path) if ckpt["format"] == GATED_FORMAT else None
+    info = inspect_run(ckpt_path) if ckpt["format"] in (GATED_FORMAT, GATED_FORMAT_V1) else None
     if info:
         groups = info["groups"]
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups)), 3.5))
@@ -54,7 +58,7 @@ def make_report(run: str | os.PathLike) -> dict:
         ax.bar(xs, [g["kept"] for g in groups], color="#3b75af", label="kept")
         ax.set_xticks(list(xs), [g["name"] for g in groups], rotation=90, fontsize=7)
         ax.set_ylabel("channels")
-        ax.set_title(f"{info['arch']}: kept channels per group (FLOPs {info['flops_ratio_at_tau']:.1%} of dense)")
+        ax.set_title(f"{info['arch']}: kept channels per group ({_cost_label(info['cost'])} {info['cost_ratio']:.1%} of dense)")
         ax.legend()
         files["channels"] = _save(fig, run / "channels.png")
         plt.close(fig)
@@ -72,8 +76,9 @@ def make_report(run: str | os.PathLike) -> dict:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(range(1, len(rows) + 1), [r["train_acc"] for r in rows], label="train acc")
         ax.plot(range(1, len(rows) + 1), [r["val_accuracy"] for r in rows], label="val acc")
-        if any("flops_ratio_at_tau" in r for r in rows):
-            ax.plot(range(1, len(rows) + 1), [r.get("flops_ratio_at_tau", float("nan")) for r in rows], label="FLOPs at tau")
+        if any("cost_ratio_at_tau" in r for r in rows):
+            label = f"{_cost_label(info['cost']) if info else 'cost'} at tau"
+            ax.plot(range(1, len(rows) + 1), [r.get("cost_ratio_at_tau", float("nan")) for r in rows], label=label)
             ax.plot(range(1, len(rows) + 1), [r.get("polarized", float("nan")) for r in rows], label="polarized")
         ax.set_xlabel("epoch (learning, then fine-tuning)")
         ax.legend(fontsize=8)
@@ -84,14 +89,15 @@ def make_report(run: str | os.PathLike) -> dict:
     lines = [f"# {run.name}", "", "| what | value |", "|---|---|"]
     if info:
         lines += [f"| arch | {info['arch']} |", f"| target | {info['target']} |",
-                  f"| predicted FLOPs at tau {info['tau']} | {info['flops_ratio_at_tau']:.4f} |",
+                  f"| predicted {_cost_label(info['cost'])} at tau {info['tau']} | {info['cost_ratio']:.4f} |",
                   f"| kept channels | {info['kept_channels']}/{info['gated_channels']} |",
                   f"| polarized | {info['polarization']['polarized']:.1%} |"]
     for e in exports:
-        kind = f"{Path(e['onnx']).parent.name}/ ({'dense' if e.get('dense') else 'slim'})"
+        kind = f"{Path(e['slim']).parent.name}/ ({'dense' if e.get('dense') else 'slim'})"
         lines += [f"| {kind} FLOPs (fvcore) | {e['flops_slim']:,} ({e['flops_ratio']:.1%} of {e['flops_dense']:,}) |",
                   f"| {kind} params | {e['params_slim']:,} |",
-                  f"| {kind} parity | slim vs gated {e['slim_vs_gated']:.1e}, ORT vs slim {e['onnx_vs_slim']:.1e} |"]
+                  f"| {kind} parity | slim vs gated {e['slim_vs_gated']:.1e}"
+                  + (f", ORT vs slim {e['onnx_vs_slim']:.1e} |" if e.get("onnx_vs_slim") is not None else " |")]
     for ev in evals:
         lines.append(f"| accuracy of {Path(ev['model']).name} ({ev['kind']}, {ev['split']}) | {ev['accuracy']:.4f} |")
     for b in benches:

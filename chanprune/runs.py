@@ -1,6 +1,11 @@
-"""Runs: what `chanprune train`, `learn` and `inspect` do, from names to files in RUN/."""
+"""Runs: what `chanprune train`, `learn` and `inspect` do, from names to files in RUN/.
+
+The run-folder rules live here, so the Python API obeys them as the CLI does: a new run never
+writes over an existing one (`prepare_run_dir`), and `resume=True` continues the one there.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -9,21 +14,42 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .artifacts import (DENSE_FORMAT, GATED_FORMAT, _safe_torch_load, atomic_save, check_format, load_artifact,
-                        saved_arch)
-from .budget import CostModel
+from .artifacts import DENSE_FORMAT, _safe_torch_load, check_format
+from .checkpoint import DenseCheckpoint, GatedCheckpoint
+from .checkpointer import Checkpointer
+from .cost import list_costs, make_cost
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze, polarization
-from .gates import GateSet
-from .graph import ChannelGraph, find_groups
+from .gates import GateSet, list_gates
+from .graph import find_groups
 from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
+from .load import GatedModel
 from .plan import PrunePlan
-from .zoo import build_model
+from .zoo import _first_conv, build_model
 
-__all__ = ["train_run", "learn_run", "inspect_run", "GatedModel"]
+__all__ = ["train_run", "learn_run", "inspect_run", "prepare_run_dir"]
 
 Progress = Callable[[str, dict], None]
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> Path:
+    """The run folder `out`, made if needed: it must hold a checkpoint to resume, and must not
+    hold one to start a new run (nothing is ever overwritten)."""
+    out = Path(out)
+    if resume:
+        if not (out / "model.pt").is_file():
+            raise ChanpruneError(f"--resume: {out / 'model.pt'} does not exist; start the run without --resume")
+        return out
+    if (out / "model.pt").exists():
+        raise ChanpruneError(f"{out / 'model.pt'} exists: pass --resume to continue it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ChanpruneError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ChanpruneError(f"--out {out}: the folder is not writable")
+    return out
 
 
 def _distributed(device: str) -> tuple[int, int]:
@@ -62,8 +88,6 @@ def _setup(arch: str, data: str, *, weights: str | None, num_classes: int | None
            image_size: int | None, seed: int, limit: int | None, saved_kwargs: dict | None = None):
     """Model and data that fit each other: the data takes the model's input channels (grayscale is
     repeated to 3, colour averaged to 1) and the classifier the data's classes."""
-    from .zoo import _first_conv
-
     bundle = load_data(data, seed=seed, limit=limit)
     saved_kwargs = saved_kwargs or {}
     classes = num_classes or saved_kwargs.get("num_classes") or bundle.num_classes
@@ -85,15 +109,10 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _header(arch: str, num_classes: int, in_channels: int, input_shape: list[int], data: str, extra: dict) -> dict:
-    return {"arch": arch, "build_kwargs": {"num_classes": num_classes, "in_channels": in_channels},
-            "input_shape": input_shape, "data": data, **extra}
-
-
-def _resume_checkpoint(out: Path, fmt: str, arch: str) -> dict:
-    ckpt = load_artifact(out / "model.pt", fmt)
-    if ckpt.get("arch") != arch:
-        raise ArtifactError(f"{out / 'model.pt'} holds a {ckpt.get('arch')}, not a {arch}: --resume needs the same --arch")
+def _resume_checkpoint(out: Path, cls, arch: str):
+    ckpt = cls.load(out / "model.pt")
+    if ckpt.arch != arch:
+        raise ArtifactError(f"{out / 'model.pt'} holds a {ckpt.arch}, not a {arch}: --resume needs the same --arch")
     return ckpt
 
 
@@ -103,23 +122,27 @@ def train_run(*, arch: str, data: str, out: Path, config: TrainConfig, weights: 
               progress: Progress | None = None) -> dict:
     """Plain baseline training; writes RUN/model.pt (dense) and RUN/metrics.jsonl."""
     device = _check_device(device)
+    out = prepare_run_dir(out, resume=resume)
     rank, world = _distributed(device)
     model, bundle, classes, channels, shape = _setup(arch, data, weights=weights, num_classes=num_classes,
                                                      in_channels=in_channels, image_size=image_size,
                                                      seed=config.seed, limit=limit)
     model.to(device)
-    header = _header(arch, classes, channels, shape, data, {})
-    ckpt = None
+    template = DenseCheckpoint(arch, {"num_classes": classes, "in_channels": channels}, shape, {}, data=data,
+                               config=asdict(config))
+    loop = None
     if resume:
-        ckpt = _resume_checkpoint(out, DENSE_FORMAT, arch)
-        model.load_state_dict(ckpt["state_dict"])
+        ckpt = _resume_checkpoint(out, DenseCheckpoint, arch)
+        model.load_state_dict(ckpt.state_dict)
+        loop = ckpt.loop
         if progress:
-            progress("resume", {"epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"]})
-    state = fit(model, bundle.train, bundle.val, config, out=out, header=header, resume=ckpt, progress=progress,
-                device=device, rank=rank, world=world, wrapped=_wrap(model, None, world, device))
+            progress("resume", {"epoch": loop.epoch, "step": loop.step})
+    loop = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
+               resume=loop, progress=progress, device=device, rank=rank, world=world,
+               wrapped=_wrap(model, None, world, device))
     test = evaluate(model, bundle.test or bundle.val, device=device)
-    return {"run": str(out), "model": str(out / "model.pt"), "epochs": state.epoch, "best": state.best,
-            "final": state.history[-1] if state.history else {}, "test_accuracy": test["accuracy"]}
+    return {"run": str(out), "model": str(out / "model.pt"), "epochs": loop.epoch, "best": loop.best,
+            "final": loop.history[-1] if loop.history else {}, "test_accuracy": test["accuracy"]}
 
 
 def _load_weights_arg(weights: str | None, arch: str) -> tuple[str | None, dict | None]:
@@ -138,8 +161,16 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
               num_classes: int | None = None, in_channels: int | None = None, image_size: int | None = None,
               ignore: tuple[str, ...] = (), device: str = "cpu", resume: bool = False, limit: int | None = None,
               progress: Progress | None = None) -> dict:
-    """Learn gates under the FLOPs target; then freeze, optionally recalibrate BN and fine-tune."""
+    """Learn gates under the budget; then freeze, optionally fine-tune and recalibrate BN.
+
+    RUN/model.pt goes through the stages "learn", "finetune" (the frozen plan is stored from here
+    on: export deploys it) and "done"; `resume` continues from any of them."""
     device = _check_device(device)
+    if config.budget not in list_costs():
+        raise ChanpruneError(f"--budget {config.budget!r}: unknown cost; choose one of {', '.join(list_costs())}")
+    if config.gate not in list_gates():
+        raise ChanpruneError(f"--gate {config.gate!r}: unknown gate kind; choose one of {', '.join(list_gates())}")
+    out = prepare_run_dir(out, resume=resume)
     rank, world = _distributed(device)
     weights, saved_kwargs = _load_weights_arg(weights, arch)
     model, bundle, classes, channels, shape = _setup(arch, data, weights=weights, num_classes=num_classes,
@@ -150,60 +181,60 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
     if not graph.groups:
         raise ChanpruneError(f"{arch} has no channel group that can be gated exactly: " +
                              "; ".join(f"{u['name']}: {u['reason']}" for u in graph.unsupported[:3]))
-    cost = CostModel(model, x, graph)
-    floor = float(cost.ratio([torch.zeros(g.size) for g in graph.groups]))
-    if config.budget == "flops" and config.target < floor + 0.01:
+    cost = make_cost(config.budget, model, x, graph)
+    floor = cost.floor()
+    if config.target < floor + 0.01:
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
-                             f"cost {floor:.3f} of the dense FLOPs (ungate fewer layers or raise the target)")
-    header = _header(arch, classes, channels, shape, data, {"target": config.target, "ignore": list(ignore),
-                                                            "group_names": [g.name for g in graph.groups],
-                                                            "group_sizes": [g.size for g in graph.groups]})
+                             f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
     model.to(device)
-    gates = GateSet(graph).to(device).attach_(model)
+    gates = GateSet(graph, kind=config.gate, tau=config.tau).to(device).attach_(model)
+    template = GatedCheckpoint(
+        arch, {"num_classes": classes, "in_channels": channels}, shape, {}, data=data, config=asdict(config),
+        stage="learn", learn_config=asdict(config), gate={"kind": gates.kind, "config": gates.config},
+        cost=cost.describe(), ignore=list(ignore), group_names=[g.name for g in graph.groups],
+        group_sizes=[g.size for g in graph.groups])
     ckpt = None
     if resume:
-        ckpt = _resume_checkpoint(out, GATED_FORMAT, arch)
-        if ckpt.get("stage") == "done":
+        ckpt = _resume_checkpoint(out, GatedCheckpoint, arch)
+        if ckpt.stage == "done":
             if progress:
-                progress("done", ckpt.get("result", {}))
-            return {"run": str(out), "model": str(out / "model.pt"), "already_complete": True, **ckpt.get("result", {})}
-        model.load_state_dict(ckpt["state_dict"])
-        gates.load_state_dict(ckpt["gate_logits"])
+                progress("done", ckpt.result or {})
+            return {"run": str(out), "model": str(out / "model.pt"), "already_complete": True, **(ckpt.result or {})}
+        model.load_state_dict(ckpt.state_dict)
+        gates.load_state_dict(ckpt.gate_state)
         if progress:
-            progress("resume", {"stage": ckpt.get("stage"), "epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"]})
-    learn_history = (ckpt or {}).get("learn_history") or []
-    if ckpt is None or ckpt.get("stage", "learn") == "learn":
-        learn_history = fit(model, bundle.train, bundle.val, config, out=out, header={**header, "stage": "learn"},
-                            gates=gates, cost=cost, resume=ckpt, progress=progress, device=device, rank=rank,
-                            world=world, wrapped=_wrap(model, gates, world, device)).history
+            progress("resume", {"stage": ckpt.stage, "epoch": ckpt.loop.epoch, "step": ckpt.loop.step})
+    learn_history = ckpt.learn_history if ckpt is not None else []
+    if ckpt is None or ckpt.stage == "learn":
+        learn_history = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
+                            gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress,
+                            device=device, rank=rank, world=world, wrapped=_wrap(model, gates, world, device)).history
         ckpt = None
-    plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape)
+    plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape, cost=cost)
     agree = _ranks_agree(plan, world)
     gates.fix_(plan.keep_masks(graph))
+    template = dataclasses.replace(template, plan=plan, learn_history=learn_history)
     if config.finetune_epochs:
         ft = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.lr,
                          momentum=config.momentum, weight_decay=config.weight_decay, seed=config.seed + 1)
         # the gates are pinned to the plan: fine-tune the weights of the network the plan keeps
-        fit(model, bundle.train, bundle.val, ft, out=out,
-            header={**header, "stage": "finetune", "plan": plan.to_dict(), "learn_config": asdict(config),
-                    "gate_logits": gates.state_dict(), "learn_history": learn_history}, checkpoint_format=GATED_FORMAT,
-            resume=ckpt, progress=progress, device=device, rank=rank, world=world,
-            wrapped=_wrap(model, None, world, device))
+        template = dataclasses.replace(template, stage="finetune", config=asdict(ft), gate_state=gates.state_dict())
+        fit(model, bundle.train, bundle.val, ft, checkpointer=Checkpointer(out, template, rank=rank),
+            resume=ckpt.loop if ckpt else None, earlier_rows=learn_history, progress=progress, device=device,
+            rank=rank, world=world, wrapped=_wrap(model, None, world, device))
     if config.calibrate_bn:
         calibrate_bn_(model, bundle.train, batches=config.calibrate_bn, device=device)
     val = evaluate(model, bundle.val, device=device)
     test = evaluate(model, bundle.test or bundle.val, device=device)
-    ratio = cost.plan_flops(plan, graph) / cost.dense
+    ratio = cost.ratio(plan)
     pol = polarization(gates.probs())
-    final = load_artifact(out / "model.pt", GATED_FORMAT) if rank == 0 else None
+    result = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "cost": cost.name,
+              "cost_ratio": ratio, "polarized": pol.polarized, "world_size": world, "ranks_agree": agree}
     if rank == 0:
-        final.update({"state_dict": model.state_dict(), "gate_logits": gates.state_dict(),
-                      "learn_config": asdict(config), "plan": plan.to_dict(), "stage": "done",
-                      "result": {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-                                 "flops_ratio": ratio, "polarized": pol.polarized, "world_size": world,
-                                 "ranks_agree": agree}})
-        atomic_save(final, out / "model.pt")
-    return {"run": str(out), "model": str(out / "model.pt"), "flops_ratio_predicted": ratio,
+        final = GatedCheckpoint.load(out / "model.pt")
+        dataclasses.replace(final, state_dict=model.state_dict(), gate_state=gates.state_dict(), plan=plan,
+                            learn_history=learn_history, stage="done", saved="final", result=result).save(out / "model.pt")
+    return {"run": str(out), "model": str(out / "model.pt"), "cost": cost.name, "cost_ratio": ratio, "tau": config.tau,
             "polarized": pol.polarized, "polarization_warning": pol.warning, "kept_channels": plan.kept_channels,
             "gated_channels": plan.total_channels, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"]}
 
@@ -224,57 +255,17 @@ def _ranks_agree(plan: PrunePlan, world: int) -> bool:
     return True
 
 
-class GatedModel:
-    """A gated checkpoint rebuilt: the model with its gates attached, its graph and cost model."""
-
-    def __init__(self, path: str | os.PathLike, *, arch: str | None = None, input_shape: list[int] | None = None):
-        ckpt = load_artifact(path, GATED_FORMAT)
-        saved = saved_arch(ckpt, path, arch)
-        kwargs = ckpt.get("build_kwargs") or {}
-        shape = ckpt.get("input_shape")
-        if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
-            raise ArtifactError(f"{path}: missing 'input_shape'")
-        if input_shape is not None:
-            if len(input_shape) != len(shape) or input_shape[1] != shape[1]:
-                raise ChanpruneError(f"--input-shape {input_shape}: the model was learned on inputs like {shape} "
-                                     "(same rank and channels needed)")
-            shape = list(input_shape)
-        self.ckpt, self.arch, self.input_shape = ckpt, saved, shape
-        self.model = build_model(saved, num_classes=kwargs.get("num_classes"), in_channels=kwargs.get("in_channels", 3))
-        try:
-            self.model.load_state_dict(ckpt["state_dict"], strict=True)
-        except (RuntimeError, KeyError) as e:
-            raise ArtifactError(f"{path}: the weights do not fit {saved} ({str(e).splitlines()[0][:200]})") from e
-        x = torch.zeros(shape)
-        self.graph: ChannelGraph = find_groups(self.model, x, ignored=tuple(ckpt.get("ignore") or ()))
-        self.gates = GateSet(self.graph)
-        sizes = ckpt.get("group_sizes")
-        if sizes is not None and sizes != [g.size for g in self.graph.groups]:
-            raise ArtifactError(f"{path}: its channel groups differ from {saved}'s at input shape {shape}")
-        try:
-            self.gates.load_state_dict(ckpt["gate_logits"])
-        except (RuntimeError, KeyError) as e:
-            raise ArtifactError(f"{path}: the gate logits do not fit {saved}'s channel groups") from e
-        self.cost = CostModel(self.model, x, self.graph)  # on the dense model, before the gates hook in
-        self.gates.attach_(self.model)
-        self.saved_plan = PrunePlan.from_dict(ckpt["plan"]) if ckpt.get("stage") in ("finetune",) and ckpt.get("plan") else None
-
-    def plan(self, tau: float = 0.5) -> PrunePlan:
-        """The fine-tuned plan when there is one, else a freeze at `tau`."""
-        if self.saved_plan is not None:
-            return self.saved_plan
-        return freeze(self.graph, self.gates.probs(), tau=tau, arch=self.arch, input_shape=self.input_shape)
-
-
-def inspect_run(path: str | os.PathLike, *, tau: float = 0.5, arch: str | None = None) -> dict:
-    gm = GatedModel(path, arch=arch)
+def inspect_run(path: str | os.PathLike, *, tau: float | None = None, arch: str | None = None) -> dict:
+    """Polarization and the plan the run deploys (`GatedModel.plan`; `tau` previews another)."""
+    gm = GatedModel.load(path, arch=arch)
     plan = gm.plan(tau)
     pol = polarization(gm.gates.probs())
-    ratio = gm.cost.plan_flops(plan, gm.graph) / gm.cost.dense
     return {
-        "model": str(path), "arch": gm.arch, "tau": tau, "stage": gm.ckpt.get("stage"),
-        "target": gm.ckpt.get("target"), "flops_ratio_at_tau": ratio, "polarization": pol.to_dict(),
+        "model": str(path), "arch": gm.arch, "tau": plan.tau, "stage": gm.ckpt.stage,
+        "target": gm.ckpt.learn_config.get("target"), "gate": gm.ckpt.gate["kind"], "cost": gm.cost.name,
+        "cost_ratio": gm.cost.ratio(plan), "flops_ratio_predicted": gm.flops.ratio(plan),
+        "stored_plan": gm.ckpt.plan is not None and plan is gm.ckpt.plan, "polarization": pol.to_dict(),
         "kept_channels": plan.kept_channels, "gated_channels": plan.total_channels,
         "groups": [{"name": g.name, "kept": len(g.keep), "total": g.size} for g in plan.groups],
-        "zero_width_groups": plan.zero_width_groups, "metrics": gm.ckpt.get("metrics", {}),
+        "zero_width_groups": plan.zero_width_groups, "metrics": gm.ckpt.metrics,
     }

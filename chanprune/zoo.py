@@ -261,3 +261,15 @@ def _replace_head_(model: nn.Module, num_classes: int) -> None:
     name, lin = h
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], nn.Linear(lin.in_features, num_classes, bias=lin.bias is not None))
+
+
+def saved_arch(obj: dict, path: str | os.PathLike, arch: str | None) -> str:
+    """The arch an artifact names. A `module:function` arch is returned only when the caller
+    named it too (`arch`): a file never makes us import code by itself."""
+    saved = obj.get("arch")
+    if not isinstance(saved, str):
+        raise ArtifactError(f"{path}: missing 'arch'")
+    if ":" in saved and arch != saved:
+        raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} "
+                            "to allow importing that code")
+    return saved

@@ -32,14 +32,14 @@ class Reporter:
             self.bar.update(1)
             post = {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.3f}"}
             if "rate" in row:
-                post["flops"] = f"{row['rate']:.3f}"
+                post["cost"] = f"{row['rate']:.3f}"
             self.bar.set_postfix(post, refresh=False)
         elif kind == "epoch":
             self.close()
             parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_acc']:.4f}",
                      f"val acc {row['val_accuracy']:.4f}"]
-            if "flops_ratio_at_tau" in row:
-                parts += [f"FLOPs {row['flops_ratio_at_tau']:.3f} at tau", f"polarized {row['polarized']:.0%}",
+            if "cost_ratio_at_tau" in row:
+                parts += [f"cost {row['cost_ratio_at_tau']:.3f} at tau", f"polarized {row['polarized']:.0%}",
                           f"lambda {row['lambda']:.1f}"]
             parts.append(f"{row['epoch_seconds']:.1f}s")
             click.echo("  ".join(parts), err=True)

@@ -10,10 +10,13 @@ from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--onnx", "onnx_flag", is_flag=True, default=True, help="Write model.onnx (always on; kept for clarity).")
-@click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold.")
+@click.option("--onnx/--no-onnx", "onnx_flag", default=True, show_default=True,
+              help="Write model.onnx and check onnxruntime against the slim model (--no-onnx: plan.json, slim.pt, "
+                   "export.json only).")
+@click.option("--tau", type=click.FloatRange(0, 1), default=None,
+              help="Freeze threshold (default: the run's own; a fine-tuned run deploys its stored plan only).")
 @click.option("--round-to", type=click.IntRange(min=1), default=None,
-              help="Kept channels per group become multiples of N, keeping the FLOPs target.")
+              help="Kept channels per group become multiples of N, keeping the target.")
 @click.option("--calibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-estimate batch norms with K batches of --data under the plan, before the cut.")
 @click.option("--data", default=None, help="Data for --calibrate-bn.")
@@ -34,21 +37,21 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
     Parity is checked with one tolerance: slim torch against the frozen gated torch (under the plan
     actually applied), and onnxruntime against slim torch. Exit 1 if either fails.
     """
-    from chanprune.export import export_run
+    from chanprune.deploy import export_run
 
     if calibrate_bn and not data:
         raise click.BadParameter("--calibrate-bn needs --data", param_hint="--data")
     r = export_run(model, out_dir=out, tau=tau, round_to=round_to, calibrate_bn=calibrate_bn, data=data,
-                   input_shape=input_shape, dense=dense, opset=opset, atol=atol, rtol=rtol, arch=arch)
+                   input_shape=input_shape, dense=dense, opset=opset, atol=atol, rtol=rtol, arch=arch, onnx=onnx_flag)
     if as_json:
         echo_json(r)
     else:
         click.echo(f"{'dense' if dense else 'slim'} {r['arch']} at {'x'.join(map(str, r['input_shape']))}: "
                    f"FLOPs {fmt_count(r['flops_dense'])} -> {fmt_count(r['flops_slim'])} ({r['flops_ratio']:.1%}), "
                    f"params {fmt_count(r['params_dense'])} -> {fmt_count(r['params_slim'])}")
-        click.echo(f"  slim vs gated {r['slim_vs_gated']:.1e}, onnxruntime vs slim {r['onnx_vs_slim']:.1e}: "
-                   f"{'EXACT' if r['exact'] else 'NOT EXACT'}")
-        click.echo(f"  wrote {r['onnx']}, {r['slim']}, {r['plan']}")
+        ort = f", onnxruntime vs slim {r['onnx_vs_slim']:.1e}" if r["onnx"] else " (no ONNX)"
+        click.echo(f"  slim vs gated {r['slim_vs_gated']:.1e}{ort}: {'EXACT' if r['exact'] else 'NOT EXACT'}")
+        click.echo("  wrote " + ", ".join(p for p in (r["onnx"], r["slim"], r["plan"]) if p))
     raise SystemExit(0 if r["exact"] else 1)
 
 
@@ -56,12 +59,13 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", required=True, help="Data set; its test split is used (digits: the held-out 20%).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold for a gated model.pt.")
+@click.option("--tau", type=click.FloatRange(0, 1), default=None,
+              help="Freeze threshold for a gated model.pt (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def evaluate(model, data, batch_size, tau, arch, as_json):
-    """Accuracy of a gated model.pt (frozen at tau), a slim.pt, a dense model.pt or a .onnx (onnxruntime).
+    """Accuracy of a gated model.pt (frozen under the plan it deploys), a slim.pt, a dense model.pt or a .onnx (onnxruntime).
 
     Writes the result beside MODEL as MODEL.eval.json.
     """

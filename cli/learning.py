@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ._progress import Reporter
-from ._util import BadInput, echo_json, handle_errors
+from ._util import echo_json, handle_errors
 
 DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ inside) or cifar10:PATH."
 
@@ -32,23 +32,6 @@ def _common(fn):
     ]):
         fn = opt(fn)
     return fn
-
-
-def _prepare_out(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "model.pt").is_file():
-            raise BadInput(f"--resume: {out / 'model.pt'} does not exist; start the run without --resume")
-        return
-    if (out / "model.pt").exists():
-        raise BadInput(f"{out / 'model.pt'} exists: pass --resume to continue it, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    import os
-
-    if not os.access(out, os.W_OK):
-        raise BadInput(f"--out {out}: the folder is not writable")
 
 
 def _guarded(out: Path, rep: Reporter, work):
@@ -89,7 +72,6 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     from chanprune.learn import TrainConfig
     from chanprune.runs import train_run
 
-    _prepare_out(out, resume)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rep = Reporter()
     res = _guarded(out, rep, lambda: train_run(
@@ -104,9 +86,12 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @_common
 @click.option("--weights", default=None, help="DEFAULT, a torchvision weights name, or RUN/model.pt from `chanprune train`.")
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), required=True,
-              help="Fraction of the dense FLOPs to keep (whole network, fvcore's count).")
-@click.option("--budget", type=click.Choice(["flops", "channels"]), default="flops", show_default=True,
-              help="flops: (t - FLOPs(Z)/FLOPs)^2; channels: the paper's batch activation loss (t - mean Z)^2.")
+              help="Fraction of the dense model's cost to keep (--budget; FLOPs: the whole network, fvcore's count).")
+@click.option("--budget", default="flops", show_default=True,
+              help="The cost the target is a fraction of. flops: (t - FLOPs(Z)/FLOPs)^2; "
+                   "channels: the paper's batch activation loss (t - mean Z)^2.")
+@click.option("--gate", default="gumbel", show_default=True,
+              help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
@@ -121,9 +106,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
-          resume, as_json, weights, target, budget, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
+          resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
           min_keep):
-    """Learn Gumbel-softmax channel gates under one global FLOPs target (Herrmann et al., ECCV 2020).
+    """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
     Under torchrun the same command trains with DDP (NCCL on GPUs, gloo on CPU).
@@ -131,9 +116,8 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     from chanprune.learn import LearnConfig
     from chanprune.runs import learn_run
 
-    _prepare_out(out, resume)
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
-                      budget=budget, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
+                      budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       calibrate_bn=calibrate_bn)
     rep = Reporter()
     res = _guarded(out, rep, lambda: learn_run(
@@ -142,7 +126,8 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     if res.get("already_complete"):
         _finish(res, as_json, [f"{res['model']} is complete"])
         return
-    lines = [f"learned {arch} at target {target}: predicted FLOPs {res['flops_ratio_predicted']:.3f} of dense at tau {tau}, "
+    what = {"flops": "FLOPs"}.get(res["cost"], res["cost"])
+    lines = [f"learned {arch} at target {target}: predicted {what} {res['cost_ratio']:.3f} of dense at tau {tau}, "
              f"{res['kept_channels']}/{res['gated_channels']} channels kept, {res['polarized']:.0%} of gates polarized",
              f"val accuracy {res['val_accuracy']:.4f}, test accuracy {res['test_accuracy']:.4f}",
              f"wrote {res['model']}"]
@@ -153,7 +138,8 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--tau", type=click.FloatRange(0, 1), default=None,
+              help="Preview the plan at this threshold (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
@@ -166,11 +152,14 @@ def inspect(model, tau, arch, as_json):
         echo_json(r)
         return
     pol = r["polarization"]
-    click.echo(f"{r['model']}: {r['arch']}, stage {r['stage']}, target {r['target']}")
+    click.echo(f"{r['model']}: {r['arch']}, stage {r['stage']}, target {r['target']} ({r['cost']}), gate {r['gate']}")
     click.echo(f"  polarized     {pol['polarized']:.1%} (p<0.05: {pol['low']:.1%}, p>0.95: {pol['high']:.1%}) of {pol['gates']} gates")
     click.echo(f"  histogram     {' '.join(str(h) for h in pol['histogram'])}  (10 bins over [0, 1])")
-    click.echo(f"  at tau {tau}    {r['kept_channels']}/{r['gated_channels']} channels kept, "
-               f"predicted FLOPs {r['flops_ratio_at_tau']:.3f} of dense")
+    source = "the stored plan" if r["stored_plan"] else f"frozen at tau {r['tau']}"
+    what = {"flops": "FLOPs"}.get(r["cost"], r["cost"])
+    flops = "" if r["cost"] == "flops" else f" (FLOPs {r['flops_ratio_predicted']:.3f})"
+    click.echo(f"  plan          {source}: {r['kept_channels']}/{r['gated_channels']} channels kept, "
+               f"predicted {what} {r['cost_ratio']:.3f} of dense{flops}")
     for g in r["groups"]:
         click.echo(f"    {g['name']:<40} {g['kept']:>5}/{g['total']}")
     if pol["warning"]:

@@ -2,7 +2,6 @@
 
 Run: python examples/api_check.py
 """
-import copy
 import tempfile
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 import chanprune as cp
 from chanprune.data import load_data
+from chanprune.export import DEFAULT_ATOL, DEFAULT_RTOL, within_tolerance
 from chanprune.learn import LearnConfig, evaluate, fit
 from chanprune.measure.latency import make_runner, measure_interleaved
 
@@ -22,38 +22,41 @@ def main():
     x = torch.zeros(1, 3, 8, 8)
 
     graph = cp.find_groups(model, x)                      # channel groups (torch-pruning)
-    cost = cp.CostModel(model, x, graph)                  # FLOPs as a function of the gate masks
+    cost = cp.make_cost("flops", model, x, graph)         # FLOPs as a function of the gate masks
     gates = cp.attach_gates(model, graph)                 # one Gumbel gate per group
+    fit(model, data.train, data.val, LearnConfig(epochs=6, batch_size=64, lr=0.1, target=0.5), gates=gates, cost=cost)
+
+    plan = cp.freeze(graph, gates.probs(), tau=0.5, arch="resnet20", input_shape=list(x.shape))
+    print(f"kept {plan.kept_channels}/{plan.total_channels} channels, predicted FLOPs {cost.ratio(plan):.1%}, "
+          f"polarized {cp.polarization(gates.probs()).polarized:.0%}")
+    model.eval()
+    gates.fix_(plan.keep_masks(graph))                    # the frozen gated model
+    gated_acc = evaluate(model, data.test)["accuracy"]
+
+    torch.manual_seed(1)
+    xb = torch.randn(4, 3, 8, 8)
+    res = cp.cut(model, graph, plan, xb, gates=gates)     # physical removal, checked against the gated model
+    slim = res.slim
+    print(f"test accuracy gated {gated_acc:.4f}, slim {evaluate(slim, data.test)['accuracy']:.4f}; "
+          f"slim vs gated max |diff| {res.max_abs_diff:.1e}; FLOPs {cp.count_flops(slim, x).total / cost.dense():.1%} "
+          "of dense (fvcore)")
+    if not res.exact:
+        raise SystemExit(f"slim differs from the gated model by {res.max_abs_diff:.2e}")
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        fit(model, data.train, data.val, LearnConfig(epochs=6, batch_size=64, lr=0.1, target=0.5), out=tmp / "run",
-            header={"arch": "resnet20"}, gates=gates, cost=cost)
-
-        plan = cp.freeze(graph, gates.probs(), tau=0.5, arch="resnet20", input_shape=list(x.shape))
-        print(f"kept {plan.kept_channels}/{plan.total_channels} channels, predicted FLOPs "
-              f"{cost.plan_flops(plan, graph) / cost.dense:.1%}, polarized {cp.polarization(gates.probs()).polarized:.0%}")
-        model.eval()
-        gates.fix_(plan.keep_masks(graph))                # the frozen gated model
-        gated_acc = evaluate(model, data.test)["accuracy"]
-        gates.detach_()
-
-        slim = cp.apply_plan_(copy.deepcopy(model), plan, x, graph=graph)   # physical removal
-        torch.manual_seed(1)
-        xb = torch.randn(4, 3, 8, 8)
-        gates.attach_(model)
-        with torch.no_grad():
-            diff = (slim(xb) - model(xb)).abs().max().item()
-        gates.detach_()
-        print(f"test accuracy gated {gated_acc:.4f}, slim {evaluate(slim, data.test)['accuracy']:.4f}; "
-              f"slim vs gated max |diff| {diff:.1e}; FLOPs {cp.count_flops(slim, x).total / cost.dense:.1%} of dense (fvcore)")
-
         cp.save_slim(tmp / "slim.pt", slim, arch="resnet20", plan=plan, input_shape=list(x.shape),
                      build_kwargs={"num_classes": 10})
         reloaded, _ = cp.load_slim(tmp / "slim.pt")
         slim_onnx = cp.export_onnx(reloaded, x, tmp / "slim.onnx")
         dense_onnx = cp.export_onnx(model, x, tmp / "dense.onnx")
         y_ort = cp.run_onnx(cp.onnx_session(slim_onnx), xb)
-        print(f"onnxruntime vs slim: max |diff| {abs(y_ort - reloaded(xb).detach().numpy()).max():.1e}")
+        with torch.no_grad():
+            y_slim = reloaded(xb).numpy()
+        d_ort = float(abs(y_ort - y_slim).max())
+        print(f"onnxruntime vs slim: max |diff| {d_ort:.1e}")
+        if not within_tolerance(d_ort, float(abs(y_slim).max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL):
+            raise SystemExit(f"onnxruntime differs from the slim model by {d_ort:.2e}")
 
         shape = [32, 3, 8, 8]
         t = measure_interleaved({"slim": make_runner(slim_onnx, "ort-cpu", shape, threads=2),

@@ -14,7 +14,8 @@ import torch
 import chanprune
 from chanprune import artifacts
 from chanprune.artifacts import (DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_save, atomic_write_text,
-                                 load_artifact, load_slim, load_state_dict_file, save_slim)
+                                 load_artifact, load_state_dict_file)
+from chanprune.load import load_slim, save_slim
 from chanprune.check import collapsible_groups, perturb_batchnorm_
 from chanprune.errors import ArtifactError, UnknownArchError
 from chanprune.freeze import random_plan

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from chanprune.gates import GumbelGate, attach_gates
+from chanprune.gates import GateSet, GumbelGate, attach_gates, list_gates, make_gate, register_gate
 from chanprune.graph import find_groups
 from tests import nets
 
@@ -30,15 +30,47 @@ def test_sample_rate_matches_probability():
     assert abs(rate - torch.sigmoid(torch.tensor(1.0)).item()) < 0.01
 
 
-def test_eval_modes():
+def test_inference_modes():
     g = GumbelGate(3)
     with torch.no_grad():
         g.logits.copy_(torch.tensor([[0.0, 2.0], [2.0, 0.0], [0.0, 0.1]]))
-    assert g.deterministic("threshold", 0.5).tolist() == [[1.0, 0.0, 1.0]]
-    assert g.deterministic("threshold", 0.6).tolist() == [[1.0, 0.0, 0.0]]
-    assert g.deterministic("on", 0.5).tolist() == [[1.0, 1.0, 1.0]]
-    with pytest.raises(ValueError, match="unknown gate eval mode"):
-        g.deterministic("bogus", 0.5)
+    assert g.mask("threshold", tau=0.5).tolist() == [[1.0, 0.0, 1.0]]
+    assert g.mask("threshold", tau=0.6).tolist() == [[1.0, 0.0, 0.0]]
+    torch.manual_seed(0)
+    z = g.mask("stochastic", batch=4000)
+    assert z.shape == (4000, 3) and set(z.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(z.mean(0), g.probs().detach(), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="unknown gate inference mode"):
+        g.mask("bogus")
+
+
+def test_gate_registry_builds_kinds_by_name_and_refuses_duplicates():
+    gate = make_gate("gumbel", 5, init=(0.0, 1.0), temperature=0.5)
+    assert isinstance(gate, GumbelGate) and gate.kind == "gumbel" and gate.num_channels == 5
+    assert gate.config() == {"init": [0.0, 1.0], "temperature": 0.5}
+    assert make_gate("gumbel", 5, **gate.config()).config() == gate.config()
+    with pytest.raises(ValueError, match="gumbel"):
+        make_gate("no-such-gate", 3)
+    with pytest.raises(ValueError, match="already registered"):
+        register_gate("gumbel")(GumbelGate)
+    assert "gumbel" in list_gates()
+
+
+def test_gate_set_runs_in_stochastic_mode_and_at_its_tau():
+    m = nets.Chain().eval()
+    graph = find_groups(m, X)
+    gates = GateSet(graph, tau=0.7, mode="stochastic").attach_(m)
+    with torch.no_grad():
+        m(X)
+    assert all(z.shape == (X.shape[0], g.size) for z, g in zip(gates.current(), graph.groups))
+    gates.mode = "threshold"
+    with torch.no_grad():
+        for g in gates.gates:  # p = 0.6: open at tau 0.5, closed at the set's tau 0.7
+            g.logits.copy_(torch.tensor([[0.0, 0.4055]]).repeat(g.num_channels, 1))
+        m(X)
+    assert all(z.sum() == 0 for z in gates.current())
+    with pytest.raises(ValueError, match="tau"):
+        GateSet(graph, tau=1.5)
 
 
 def test_one_sample_shared_by_all_consumers_of_a_group():

@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from chanprune.budget import CostModel
+from chanprune.cost import make_cost
 from chanprune.gates import GumbelGate, attach_gates
 from chanprune.graph import find_groups
-from chanprune.learn import budget_loss
+from chanprune.load import GatedModel
+from chanprune.objective import budget_loss
 from chanprune.measure import count_flops
-from chanprune.runs import GatedModel
 from chanprune.surgery import apply_plan_
 from chanprune_cli.main import main
 from tests import nets
@@ -53,13 +53,13 @@ def test_budget_gradient_reaches_the_logits_and_points_down_above_target():
     model = nets.Residual().train()
     x = torch.randn(8, 3, 16, 16)
     graph = find_groups(model, x)
-    cost = CostModel(model, x, graph)
+    costs = {name: make_cost(name, model, x, graph) for name in ("flops", "channels")}
     gates = attach_gates(model, graph)
     model(x)
     for budget in ("flops", "channels"):
         for g in gates.gates:
             g.logits.grad = None
-        loss, rate = budget_loss(cost, gates.current(), 0.3, budget)
+        loss, rate = budget_loss(costs[budget], gates.current(), 0.3)
         assert rate.item() > 0.5  # nearly open gates
         loss.backward(retain_graph=True)
         for g in gates.gates:
@@ -86,8 +86,8 @@ def test_learn_meets_target_polarizes_and_keeps_accuracy(baseline, learned):
     """Target within 0.03 measured by fvcore on the slim model at tau 0.5, gates polarized, and
     accuracy close to the baseline, together."""
     out, res = learned
-    gm = GatedModel(out / "model.pt")
-    plan = gm.plan(0.5)
+    gm = GatedModel.load(out / "model.pt")
+    plan = gm.plan()
     x = torch.zeros(gm.input_shape)
     gm.gates.detach_()
     dense = count_flops(gm.model, x).total
@@ -110,7 +110,8 @@ def test_inspect_reports_the_run(learned):
     out, res = learned
     r = json.loads(run("inspect", out / "model.pt", "--json").stdout)
     assert r["polarization"]["polarized"] == pytest.approx(res["polarized"])
-    assert r["flops_ratio_at_tau"] == pytest.approx(res["flops_ratio_predicted"])
+    assert r["cost"] == res["cost"] == "flops" and r["stored_plan"]
+    assert r["cost_ratio"] == pytest.approx(res["cost_ratio"])
     assert sum(g["kept"] for g in r["groups"]) == res["kept_channels"]
     human = run("inspect", out / "model.pt").output
     assert "polarized" in human and "predicted FLOPs" in human

@@ -57,6 +57,7 @@ CASES = [
     ("learn-target-text", ["learn", "--arch", "resnet20", *RUN, "--target", "half", "--out", "{d}/l3"], "target"),
     ("learn-tau-1.5", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--tau", "1.5", "--out", "{d}/l4"], "tau"),
     ("learn-budget-bogus", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--budget", "x", "--out", "{d}/l5"], "budget"),
+    ("learn-gate-bogus", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--gate", "x", "--out", "{d}/l6"], "--gate"),
     ("learn-weights-slim", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--weights", "{d}/gated/slim.pt", "--out", "{d}/l6"], "slim model"),
     ("learn-weights-other-arch", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--weights", "{d}/dense32/model.pt", "--out", "{d}/l7"], "resnet32"),
     ("learn-weights-json", ["learn", "--arch", "resnet20", *RUN, "--target", "0.5", "--weights", "{d}/plan.pt", "--out", "{d}/l8"], "not a"),
@@ -111,6 +112,8 @@ def test_bad_input(files, args, needle):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from chanprune.checkpoint import DenseCheckpoint
+    from chanprune.checkpointer import Checkpointer
     from chanprune.data import load_data
     from tests.nets import Chain
 
@@ -124,7 +127,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     model.fc.register_forward_hook(poison)
     with pytest.raises(TrainingError, match="nan"):
-        fit(model, data.train, data.val, TrainConfig(epochs=5, batch_size=64), out=tmp_path, header={"arch": "chain"})
+        fit(model, data.train, data.val, TrainConfig(epochs=5, batch_size=64),
+            checkpointer=Checkpointer(tmp_path, DenseCheckpoint("chain", {}, [1, 3, 8, 8], {})))
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 1  # the epoch before the NaN, intact
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.dtype.is_floating_point)

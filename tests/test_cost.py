@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from chanprune.budget import CostModel
+from chanprune.cost import ChannelsCost, FlopsCost, list_costs, make_cost, register_cost
 from chanprune.freeze import random_plan
 from chanprune.graph import find_groups
 from chanprune.measure import count_flops
@@ -26,27 +26,27 @@ def test_fvcore_conv_closed_form():
 def test_chain_cost_is_bilinear_in_kept_channels():
     model = nets.Chain().eval()
     graph = find_groups(model, X)
-    cm = CostModel(model, X, graph)
+    cm = FlopsCost(model, X, graph)
     assert cm.gated_fraction == pytest.approx(1.0)
     z = [torch.ones(g.size) for g in graph.groups]
-    assert float(cm.flops(z)) == pytest.approx(cm.dense)
+    assert float(cm.predict(z)) == pytest.approx(cm.dense())
     mid = next(i for i, g in enumerate(graph.groups) if g.name == "features.1.0")
     z[mid] = torch.zeros(16)
     z[mid][:4] = 1
     # conv 8->16 (8x8 out, 3x3): 8*16*64*9 -> a quarter; conv 16->12: a quarter; bn 16 ch: a quarter
     saved = 0.75 * (8 * 16 * 64 * 9 + 16 * 12 * 64 * 9 + 2 * 16 * 64)
-    assert float(cm.flops(z)) == pytest.approx(cm.dense - saved)
+    assert float(cm.predict(z)) == pytest.approx(cm.dense() - saved)
 
 
 @pytest.mark.parametrize("name", list(nets.NETS))
 def test_predicted_equals_fvcore_on_tiny_nets(name):
     model = nets.NETS[name]().eval()
     graph = find_groups(model, X)
-    cm = CostModel(model, X, graph)
+    cm = FlopsCost(model, X, graph)
     for seed in range(3):
         plan = random_plan(graph, keep=0.2 + 0.3 * seed, seed=seed)
         slim = apply_plan_(copy.deepcopy(model), plan, X, graph=graph)
-        assert cm.plan_flops(plan, graph) == pytest.approx(count_flops(slim, X).total, rel=5e-3)
+        assert cm.plan_cost(plan) == pytest.approx(count_flops(slim, X).total, rel=5e-3)
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2", "densenet121", "efficientnet_b0"])
@@ -54,19 +54,19 @@ def test_predicted_equals_fvcore_on_zoo_models(arch):
     model = build_model(arch, num_classes=10)
     x = torch.randn(1, 3, 32, 32)
     graph = find_groups(model, x)
-    cm = CostModel(model, x, graph)
+    cm = FlopsCost(model, x, graph)
     for seed in range(2):
         plan = random_plan(graph, keep=0.3 + 0.4 * seed, seed=seed)
         slim = apply_plan_(copy.deepcopy(model), plan, x, graph=graph)
-        assert cm.plan_flops(plan, graph) == pytest.approx(count_flops(slim, x).total, rel=5e-3)
+        assert cm.plan_cost(plan) == pytest.approx(count_flops(slim, x).total, rel=5e-3)
 
 
 def test_cost_is_differentiable_per_example():
     model = nets.Residual().eval()
     graph = find_groups(model, X)
-    cm = CostModel(model, X, graph)
+    cm = FlopsCost(model, X, graph)
     z = [torch.full((4, g.size), 0.5, requires_grad=True) for g in graph.groups]
-    f = cm.ratio(z)
+    f = cm.ratio_of(z)
     assert f.shape == (4,)
     f.sum().backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in z)
@@ -86,3 +86,29 @@ def test_fvcore_agrees_with_torch_flop_counter(arch):
     with counter, torch.no_grad():
         model(x)
     assert fv == counter.get_total_flops() // 2
+
+
+def test_cost_registry_builds_by_name_and_refuses_duplicates():
+    model = nets.Residual().eval()
+    graph = find_groups(model, X)
+    assert {"flops", "channels"} <= set(list_costs())
+    flops = make_cost("flops", model, X, graph)
+    assert isinstance(flops, FlopsCost) and flops.name == "flops"
+    assert flops.describe()["name"] == "flops" and flops.describe()["dense"] == flops.dense()
+    with pytest.raises(ValueError, match="flops"):
+        make_cost("no-such-cost", model, X, graph)
+    with pytest.raises(ValueError, match="already registered"):
+        register_cost("flops")(FlopsCost)
+
+
+def test_channels_cost_is_the_share_of_gated_channels_kept():
+    model = nets.Residual().eval()
+    graph = find_groups(model, X)
+    cost = make_cost("channels", model, X, graph)
+    assert isinstance(cost, ChannelsCost) and cost.dense() == graph.num_channels
+    plan = random_plan(graph, keep=0.5, seed=1)
+    assert cost.ratio(plan) == pytest.approx(plan.kept_channels / plan.total_channels)
+    z = [torch.zeros(3, g.size) for g in graph.groups]
+    z[0][1] = 1.0  # the second example keeps all of group 0
+    assert cost.ratio_of(z).tolist() == pytest.approx([0.0, graph.groups[0].size / graph.num_channels, 0.0])
+    assert cost.floor() == 0.0

@@ -1,13 +1,22 @@
-"""The FLOPs cost model: a plan's (or a gate sample's) FLOPs, differentiable in the masks.
+"""The cost a budget constrains: an interface, a registry, and two kinds.
 
-Built once from fvcore's per-layer count of the dense model and the channel groups: a conv or
-linear costs coef * kept_in * kept_out (a depthwise conv and per-channel layers such as batch
-norm or pooling: coef * kept), everything else is constant. It predicts fvcore's count of the
-slim model (the tests hold it to 0.5% on random plans).
+A `Cost` is built for one model, input shape and channel graph. It predicts the cost of a set of
+group masks (differentiable, per example when the masks are batched), knows the dense model's
+cost, and prices a plan. The budget loss, the projection onto a target (`freeze.round_plan`) and
+the reports take any cost; a checkpoint records the cost's name and description.
+
+- `flops` (the default): fvcore's count, predicted bilinearly. Built once from fvcore's per-layer
+  count of the dense model and the channel groups: a conv or linear costs coef * kept_in * kept_out
+  (a depthwise conv and per-channel layers such as batch norm or pooling: coef * kept), everything
+  else is constant. It predicts fvcore's count of the slim model (the tests hold it to 0.5% on
+  random plans).
+- `channels`: the paper's batch activation loss, the share of gated channels kept (t - mean Z)^2.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +25,80 @@ from torch.overrides import TorchFunctionMode
 
 from .graph import ChannelGraph
 from .measure.flops import count_flops
+from .plan import PrunePlan
 
-__all__ = ["CostModel"]
+__all__ = ["Cost", "FlopsCost", "ChannelsCost", "register_cost", "make_cost", "list_costs"]
+
+Masks = list[torch.Tensor]
+
+
+class Cost(ABC):
+    """What a budget constrains, as a function of the group masks.
+
+    Subclasses take `(model, example_inputs, graph)` and set `name` (the registry key).
+    """
+
+    name: str = ""
+
+    def __init__(self, graph: ChannelGraph):
+        self.graph = graph
+
+    @abstractmethod
+    def predict(self, masks: Masks) -> torch.Tensor | float:
+        """The cost under `masks` (one per group: (C,) or (B, C), 0/1 or soft); per example when batched."""
+
+    @abstractmethod
+    def dense(self) -> float:
+        """The cost with every channel kept."""
+
+    def ratio_of(self, masks: Masks) -> torch.Tensor | float:
+        """`predict(masks) / dense()`: what a target is a fraction of."""
+        return self.predict(masks) / self.dense()
+
+    def plan_cost(self, plan: PrunePlan) -> float:
+        return float(self.predict(plan.keep_masks(self.graph)))
+
+    def ratio(self, plan: PrunePlan) -> float:
+        """A plan's predicted cost as a fraction of the dense model's."""
+        return self.plan_cost(plan) / self.dense()
+
+    def floor(self) -> float:
+        """The ratio with every gated channel removed: no target below it is reachable."""
+        return float(self.ratio_of([torch.zeros(g.size) for g in self.graph.groups]))
+
+    def describe(self) -> dict:
+        """JSON description recorded in checkpoints and reports."""
+        return {"name": self.name, "dense": self.dense()}
+
+
+_COSTS: dict[str, Callable[..., Cost]] = {}
+
+
+def register_cost(name: str):
+    """Register a `Cost` class under `name` (the value of `learn --budget`)."""
+
+    def deco(cls):
+        if name in _COSTS:
+            raise ValueError(f"cost {name!r} is already registered")
+        cls.name = name
+        _COSTS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_costs() -> list[str]:
+    return sorted(_COSTS)
+
+
+def make_cost(name: str, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph) -> Cost:
+    """The registered cost `name` for `model` (dense, no gates attached) at `example_inputs`."""
+    try:
+        cls = _COSTS[name]
+    except KeyError:
+        raise ValueError(f"unknown cost {name!r}; choose one of {', '.join(list_costs())}") from None
+    return cls(model, example_inputs, graph)
+
 
 _CHANNEL_PRESERVING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool1d,
                        nn.AvgPool2d, nn.AvgPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -54,13 +135,14 @@ class _Term:
         return v
 
 
-class CostModel:
-    """FLOPs(Z) for one model, input shape and channel graph."""
+@register_cost("flops")
+class FlopsCost(Cost):
+    """fvcore's FLOPs of one model, input shape and channel graph, as a function of the masks."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph):
+        super().__init__(graph)
         report = count_flops(model, example_inputs)
-        self.dense = float(report.total)
-        self.unsupported_ops = report.unsupported
+        self._dense = float(report.total)
         mods = dict(model.named_modules())
         sites: dict[tuple[str, str], list] = {}
         for gi, g in enumerate(graph.groups):
@@ -91,21 +173,42 @@ class CostModel:
             c = src and (count(src, "chan") or count(src, "dw") or count(src, "out"))
             if c:
                 self.terms.append(_Term(f"{src}->pool", f, None, c))
-        self.constant = self.dense - sum(t.flops for t in self.terms)
-        self.gated_fraction = (sum(t.flops for t in self.terms) / self.dense) if self.dense else 0.0
+        self.constant = self._dense - sum(t.flops for t in self.terms)
+        self.gated_fraction = (sum(t.flops for t in self.terms) / self._dense) if self._dense else 0.0
 
-    def flops(self, z: list[torch.Tensor]) -> torch.Tensor | float:
-        """FLOPs with group masks `z` (each (C,) or (B, C), 0/1 or soft); per example when batched."""
+    def dense(self) -> float:
+        return self._dense
+
+    def predict(self, masks: Masks) -> torch.Tensor | float:
         total = self.constant
         for t in self.terms:
-            total = total + t(z)
+            total = total + t(masks)
         return total
 
-    def ratio(self, z: list[torch.Tensor]) -> torch.Tensor | float:
-        return self.flops(z) / self.dense
+    def describe(self) -> dict:
+        return {**super().describe(), "unit": "fvcore FLOPs (one multiply-add = one FLOP)",
+                "gated_fraction": self.gated_fraction}
 
-    def plan_flops(self, plan, graph: ChannelGraph) -> float:
-        return float(self.flops(plan.keep_masks(graph)))
+
+@register_cost("channels")
+class ChannelsCost(Cost):
+    """The paper's batch activation loss: the number of gated channels kept (Herrmann et al. 2020, 3.2)."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph):
+        super().__init__(graph)
+        self._dense = float(graph.num_channels)
+
+    def dense(self) -> float:
+        return self._dense
+
+    def predict(self, masks: Masks) -> torch.Tensor | float:
+        total: torch.Tensor | float = 0.0
+        for z in masks:
+            total = total + z.sum(-1)
+        return total
+
+    def describe(self) -> dict:
+        return {**super().describe(), "unit": "gated channels kept"}
 
 
 class _PerChannelOps(TorchFunctionMode):

@@ -1,0 +1,84 @@
+"""`export`: a gated run to a slim model, ONNX and a parity report.
+
+Freeze (or take the run's stored plan), optionally round the plan onto a grid and recalibrate
+batch norms under it, cut (`cut.cut`: slim against the frozen gated model), export to ONNX and
+check onnxruntime against the slim model; write plan.json, slim.pt, model.onnx and export.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .artifacts import atomic_write_text
+from .cut import cut
+from .export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx, within_tolerance
+from .freeze import polarization, round_plan
+from .learn import calibrate_bn_
+from .load import GatedModel, save_slim
+from .measure.flops import count_flops, count_params
+from .plan import GroupPlan, PrunePlan
+
+__all__ = ["export_run"]
+
+
+def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | None = None, tau: float | None = None,
+               round_to: int | None = None, calibrate_bn: int = 0, data: str | None = None,
+               input_shape: list[int] | None = None, dense: bool = False, opset: int = DEFAULT_OPSET,
+               atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, arch: str | None = None,
+               onnx: bool = True) -> dict:
+    """Cut and export the run at `model_path` into `out_dir` (default: beside the checkpoint;
+    `dense/` for `dense`). `tau=None` deploys the run's own plan (see `GatedModel.plan`).
+    `onnx=False` writes plan.json, slim.pt and export.json only."""
+    model_path = Path(model_path)
+    gm = GatedModel.load(model_path, arch=arch, input_shape=input_shape)
+    if dense:
+        plan = PrunePlan([GroupPlan(g.name, g.size, list(range(g.size))) for g in gm.graph.groups], gm.arch,
+                         gm.input_shape, None, {"dense": True})
+    else:
+        plan = gm.plan(tau)
+        if round_to:
+            plan = round_plan(plan, gm.graph, round_to, gm.cost)
+    plan.validate(gm.graph)
+    if calibrate_bn:
+        if not data:
+            raise ValueError("--calibrate-bn needs --data")
+        from .data import load_data
+
+        bundle = load_data(data, channels=gm.input_shape[1], size=gm.input_shape[-1])
+        gm.gates.fix_(plan.keep_masks(gm.graph))  # statistics of the network the plan keeps, before the cut
+        calibrate_bn_(gm.model, bundle.train, batches=calibrate_bn)
+    out = Path(out_dir) if out_dir else (model_path.parent / "dense" if dense else model_path.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    x = torch.randn(2, *gm.input_shape[1:])
+    res = cut(gm.model, gm.graph, plan, x, gates=gm.gates, atol=atol, rtol=rtol)
+    slim = res.slim
+    slim_path = save_slim(out / "slim.pt", slim, arch=gm.arch, plan=plan, input_shape=gm.input_shape,
+                          build_kwargs=gm.ckpt.build_kwargs)
+    atomic_write_text(out / "plan.json", plan.to_json())
+    onnx_path, d_onnx, d_total, exact = None, None, res.max_abs_diff, res.exact
+    if onnx:
+        onnx_path = export_onnx(slim, x[:1], out / "model.onnx", opset=opset)
+        y_ort = run_onnx(onnx_session(onnx_path), x)
+        d_onnx, d_total = max_abs_diff(y_ort, res.slim_output), max_abs_diff(y_ort, res.gated_output)
+        exact = exact and within_tolerance(d_onnx, float(res.slim_output.abs().max()), atol=atol, rtol=rtol)
+    x1 = x[:1]
+    report = {
+        "onnx": str(onnx_path) if onnx_path else None, "slim": str(slim_path), "plan": str(out / "plan.json"), "dense": dense,
+        "arch": gm.arch, "input_shape": gm.input_shape, "tau": plan.tau, "round_to": round_to,
+        "cost": gm.cost.name, "cost_ratio": gm.cost.ratio(plan),
+        "flops_dense": int(gm.flops.dense()), "flops_slim": count_flops(slim, x1).total,
+        "flops_predicted": gm.flops.plan_cost(plan),
+        "params_dense": count_params(gm.model), "params_slim": count_params(slim),
+        "kept_channels": plan.kept_channels, "gated_channels": plan.total_channels,
+        "zero_width_groups": len(plan.zero_width_groups),
+        "max_abs_diff": d_total, "slim_vs_gated": res.max_abs_diff,
+        "onnx_vs_slim": d_onnx, "tolerance": res.tolerance, "exact": exact,
+        "polarization": polarization(gm.gates.probs()).to_dict(), "source": str(model_path),
+    }
+    report["flops_ratio"] = report["flops_slim"] / report["flops_dense"]
+    atomic_write_text(out / "export.json", json.dumps(report, indent=1))
+    return report
