@@ -23,12 +23,12 @@ from .graph import ChannelGraph, ChannelGroup, Site, find_groups
 from .measure import FlopReport, count_flops, count_params
 from .plan import GroupPlan, PrunePlan
 from .surgery import ConstantOutput, ZeroChannels, apply_plan_
-from .zoo import build_model, list_archs, register_arch
+from .zoo import ArchProvider, build_model, list_archs, provider_for, register_arch, register_provider
 
 __all__ = [
     "__version__",
     "ArtifactError", "ChanpruneError", "PlanError", "UnknownArchError", "UnsupportedModelError",
-    "build_model", "list_archs", "register_arch",
+    "ArchProvider", "build_model", "list_archs", "provider_for", "register_arch", "register_provider",
     "ChannelGraph", "ChannelGroup", "Site", "find_groups",
     "GateSet", "GumbelGate", "attach_gates",
     "PolarizationReport", "freeze", "polarization", "random_plan",
