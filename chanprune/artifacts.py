@@ -161,25 +161,13 @@ def save_slim(path: str | os.PathLike, slim: nn.Module, *, arch: str, plan: Prun
         "provenance": provenance(seed)}, path)
 
 
-def saved_arch(obj: dict, path: str | os.PathLike, arch: str | None) -> str:
-    """The arch an artifact names. A `module:function` arch is returned only when the caller
-    named it too (`arch`): a file never makes us import code by itself."""
-    saved = obj.get("arch")
-    if not isinstance(saved, str):
-        raise ArtifactError(f"{path}: missing 'arch'")
-    if ":" in saved and arch != saved:
-        raise ArtifactError(f"{path} was made from the user model {saved!r}; pass --arch {saved} "
-                            "to allow importing that code")
-    return saved
-
-
 def load_slim(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a slim model: build the arch, apply the plan, load the weights (strictly).
 
     An arch given as `module:function` is imported only when the caller names it again (`arch`).
     """
     from .surgery import apply_plan_
-    from .zoo import build_model
+    from .zoo import build_model, saved_arch
 
     obj = load_artifact(path, SLIM_FORMAT)
     saved = saved_arch(obj, path, arch)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import (DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_write_text, load_artifact, load_slim,
-                        saved_arch)
+from .artifacts import DENSE_FORMAT, GATED_FORMAT, SLIM_FORMAT, atomic_write_text, load_artifact, load_slim
 from .data import load_data
 from .learn import evaluate as evaluate_torch
 
@@ -35,7 +34,7 @@ def load_any(path: str | os.PathLike, *, tau: float = 0.5, arch: str | None = No
         plan = gm.plan(tau)
         gm.gates.fix_(plan.keep_masks(gm.graph))
         return "gated", gm.model.eval(), gm.input_shape
-    from .zoo import build_model
+    from .zoo import build_model, saved_arch
 
     kw = obj.get("build_kwargs") or {}
     model = build_model(saved_arch(obj, path, arch), num_classes=kw.get("num_classes"), in_channels=kw.get("in_channels", 3))

@@ -9,8 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .artifacts import (DENSE_FORMAT, GATED_FORMAT, _safe_torch_load, atomic_save, check_format, load_artifact,
-                        saved_arch)
+from .artifacts import DENSE_FORMAT, GATED_FORMAT, _safe_torch_load, atomic_save, check_format, load_artifact
 from .budget import CostModel
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
@@ -19,7 +18,7 @@ from .gates import GateSet
 from .graph import ChannelGraph, find_groups
 from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
 from .plan import PrunePlan
-from .zoo import build_model
+from .zoo import build_model, saved_arch
 
 __all__ = ["train_run", "learn_run", "inspect_run", "GatedModel"]
 
