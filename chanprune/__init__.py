@@ -30,12 +30,12 @@ from .load import GatedModel, load_slim, save_slim
 from .measure import FlopReport, count_flops, count_params
 from .plan import GroupPlan, PrunePlan
 from .surgery import ConstantOutput, ZeroChannels, apply_plan_
-from .zoo import build_model, list_archs, register_arch
+from .zoo import ArchProvider, build_model, list_archs, provider_for, register_arch, register_provider
 
 __all__ = [
     "__version__",
     "ArtifactError", "ChanpruneError", "PlanError", "UnknownArchError", "UnsupportedModelError",
-    "build_model", "list_archs", "register_arch",
+    "ArchProvider", "build_model", "list_archs", "provider_for", "register_arch", "register_provider",
     "ChannelGraph", "ChannelGroup", "Site", "find_groups",
     "Gate", "GateSet", "GumbelGate", "attach_gates", "list_gates", "make_gate", "register_gate",
     "PolarizationReport", "freeze", "polarization", "random_plan", "round_plan",

@@ -26,7 +26,7 @@ from .graph import find_groups
 from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
 from .load import GatedModel
 from .plan import PrunePlan
-from .zoo import _first_conv, build_model
+from .zoo import build_model, provider_for
 
 __all__ = ["train_run", "learn_run", "inspect_run", "prepare_run_dir"]
 
@@ -93,8 +93,7 @@ def _setup(arch: str, data: str, *, weights: str | None, num_classes: int | None
     classes = num_classes or saved_kwargs.get("num_classes") or bundle.num_classes
     channels = in_channels or saved_kwargs.get("in_channels")
     if channels is None:
-        stem = _first_conv(build_model(arch, num_classes=classes))
-        channels = stem[1].in_channels if stem else 3
+        channels = provider_for(arch).stem_in_channels(arch)
     model = build_model(arch, num_classes=classes, in_channels=channels, weights=weights)
     for split in (bundle.train, bundle.val, bundle.test):
         if split is not None:

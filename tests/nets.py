@@ -14,9 +14,9 @@ def _cbr(cin, cout, k=3, s=1, groups=1):
 class Chain(nn.Module):
     """conv-bn-relu chain, linear head."""
 
-    def __init__(self, *, num_classes=5):
+    def __init__(self, *, num_classes=5, in_channels=3):
         super().__init__()
-        self.features = nn.Sequential(_cbr(3, 8), _cbr(8, 16, s=2), _cbr(16, 12))
+        self.features = nn.Sequential(_cbr(in_channels, 8), _cbr(8, 16, s=2), _cbr(16, 12))
         self.fc = nn.Linear(12, num_classes)
 
     def forward(self, x):
@@ -188,6 +188,11 @@ NETS = {
 
 def chain(num_classes=5):
     return Chain(num_classes=num_classes)
+
+
+def gray_chain(num_classes=5):
+    """A user factory whose stem takes one channel, and that takes no `in_channels`."""
+    return Chain(num_classes=num_classes, in_channels=1)
 
 
 def hidden_mix(num_classes=5):

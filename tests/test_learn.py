@@ -196,3 +196,12 @@ def test_ddp_two_gloo_processes_agree_on_the_plan(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["result"]["world_size"] == 2 and ckpt["result"]["ranks_agree"] is True
+
+
+def test_in_channels_default_to_what_the_stem_takes(tmp_path):
+    """A user model with a 1-channel stem learns on digits without --in-channels."""
+    res = json.loads(run("learn", "--arch", "tests.nets:gray_chain", "--data", "digits", "--target", 0.6, "--epochs", 1,
+                         "--batch-size", 64, "--out", tmp_path / "gray", "--json").stdout)
+    ckpt = torch.load(tmp_path / "gray" / "model.pt", weights_only=True)
+    assert ckpt["build_kwargs"]["in_channels"] == 1 and ckpt["input_shape"][1] == 1
+    assert res["kept_channels"] <= res["gated_channels"]
