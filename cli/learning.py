@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ._progress import Reporter
-from ._util import BadInput, echo_json, handle_errors
+from ._util import BadInput, Failed, Interrupted, JsonCommand, emit_json, handle_errors
 
 DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ inside) or cifar10:PATH."
 
@@ -28,7 +28,6 @@ def _common(fn):
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images."),
         click.option("--resume", is_flag=True, help="Continue from RUN/model.pt (optimizer, schedule, RNG, data order)."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout."),
     ]):
         fn = opt(fn)
     return fn
@@ -59,23 +58,21 @@ def _guarded(out: Path, rep: Reporter, work):
         return work()
     except KeyboardInterrupt:
         rep.close()
-        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
-        raise SystemExit(130)
+        raise Interrupted(f"interrupted: saved {out / 'model.pt'}; continue with --resume") from None
     except TrainingError as e:
         rep.close()
-        click.echo(f"Error: {e}", err=True)
-        raise SystemExit(1)
+        raise Failed(str(e)) from None
 
 
 def _finish(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        echo_json(result)
+        emit_json(result)
     else:
         for line in lines:
             click.echo(line)
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @_common
 @click.option("--weights", default=None, help="Start from DEFAULT, a torchvision weights name, or a .pt file.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
@@ -100,7 +97,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                            f"wrote {res['model']}"])
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @_common
 @click.option("--weights", default=None, help="DEFAULT, a torchvision weights name, or RUN/model.pt from `chanprune train`.")
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), required=True,
@@ -151,11 +148,10 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     _finish(res, as_json, lines)
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def inspect(model, tau, arch, as_json):
     """Polarization report and plan preview of a gated RUN/model.pt."""
@@ -163,7 +159,7 @@ def inspect(model, tau, arch, as_json):
 
     r = inspect_run(model, tau=tau, arch=arch)
     if as_json:
-        echo_json(r)
+        emit_json(r)
         return
     pol = r["polarization"]
     click.echo(f"{r['model']}: {r['arch']}, stage {r['stage']}, target {r['target']}")
