@@ -10,8 +10,16 @@ import torch
 
 import chanprune as cp
 from chanprune.data import load_data
+from chanprune.export import DEFAULT_ATOL, DEFAULT_RTOL, within_tolerance
 from chanprune.learn import LearnConfig, evaluate, fit
 from chanprune.measure.latency import make_runner, measure_interleaved
+
+
+def require_parity(what: str, diff: float, reference_scale: float) -> None:
+    """chanprune's one tolerance, |a - b| <= atol + rtol * max|reference|; exit 1 outside it."""
+    if not within_tolerance(diff, reference_scale):
+        raise SystemExit(f"{what}: max |diff| {diff:.1e} is outside the tolerance "
+                         f"(atol {DEFAULT_ATOL:g} + rtol {DEFAULT_RTOL:g} * {reference_scale:.3g})")
 
 
 def main():
@@ -42,10 +50,12 @@ def main():
         xb = torch.randn(4, 3, 8, 8)
         gates.attach_(model)
         with torch.no_grad():
-            diff = (slim(xb) - model(xb)).abs().max().item()
+            y_gated = model(xb)
+            diff = (slim(xb) - y_gated).abs().max().item()
         gates.detach_()
         print(f"test accuracy gated {gated_acc:.4f}, slim {evaluate(slim, data.test)['accuracy']:.4f}; "
               f"slim vs gated max |diff| {diff:.1e}; FLOPs {cp.count_flops(slim, x).total / cost.dense:.1%} of dense (fvcore)")
+        require_parity("slim vs gated", diff, y_gated.abs().max().item())
 
         cp.save_slim(tmp / "slim.pt", slim, arch="resnet20", plan=plan, input_shape=list(x.shape),
                      build_kwargs={"num_classes": 10})
@@ -53,7 +63,10 @@ def main():
         slim_onnx = cp.export_onnx(reloaded, x, tmp / "slim.onnx")
         dense_onnx = cp.export_onnx(model, x, tmp / "dense.onnx")
         y_ort = cp.run_onnx(cp.onnx_session(slim_onnx), xb)
-        print(f"onnxruntime vs slim: max |diff| {abs(y_ort - reloaded(xb).detach().numpy()).max():.1e}")
+        y_slim = reloaded(xb).detach().numpy()
+        ort_diff = float(abs(y_ort - y_slim).max())
+        print(f"onnxruntime vs slim: max |diff| {ort_diff:.1e}")
+        require_parity("onnxruntime vs slim", ort_diff, float(abs(y_slim).max()))
 
         shape = [32, 3, 8, 8]
         t = measure_interleaved({"slim": make_runner(slim_onnx, "ort-cpu", shape, threads=2),
