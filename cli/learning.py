@@ -23,8 +23,6 @@ def _common(fn):
         click.option("--in-channels", type=click.IntRange(min=1), default=None,
                      help="Default: what the model's stem takes (grayscale data is repeated to 3 channels)."),
         click.option("--image-size", type=click.IntRange(min=4), default=None, help="Resize images (e.g. 64)."),
-        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Data workers (in-memory data sets need none)."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images."),
         click.option("--resume", is_flag=True, help="Continue from RUN/model.pt (optimizer, schedule, RNG, data order)."),
@@ -77,7 +75,7 @@ def _finish(result: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--weights", default=None, help="Start from DEFAULT, a torchvision weights name, or a .pt file.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
 @handle_errors
-def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, lr):
     """Plain baseline training: the "pretrained" model to learn gates on, on any data set.
 
@@ -117,7 +115,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--min-keep", type=click.IntRange(min=0), default=0, show_default=True,
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
-def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
           min_keep):
     """Learn Gumbel-softmax channel gates under one global FLOPs target (Herrmann et al., ECCV 2020).
