@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
+from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, handle_errors
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.option("--arch", required=True, help="Zoo name (resnet18, resnet20, mobilenet_v2, efficientnet_lite0, ...) or module:function.")
 @click.option("--weights", default=None, help="None (random init), DEFAULT, a torchvision weights name, or a .pt file.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier outputs.")
@@ -22,7 +22,6 @@ from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
 @click.option("--atol", type=TOLERANCE, default=1e-5, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=TOLERANCE, default=1e-4, show_default=True, help="Tolerance relative to max|output|.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Also export the slim model and compare onnxruntime.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @handle_errors
 def check(arch, weights, num_classes, in_channels, input_shape, keep, zero_width, seed, ignore, atol, rtol, onnx, as_json):
     """Will ARCH prune exactly? Gate every channel group, cut a random plan that keeps about
@@ -52,12 +51,12 @@ def check(arch, weights, num_classes, in_channels, input_shape, keep, zero_width
                              rtol=rtol, onnx=onnx, ignored=tuple(ignore))
     except UnsupportedModelError as e:
         if as_json:
-            echo_json({"arch": arch, "exact": False, "unsupported": [{"name": "<model>", "reason": str(e)}]})
+            emit_json({"arch": arch, "exact": False, "unsupported": [{"name": "<model>", "reason": str(e)}]})
         else:
             click.echo(f"{arch}: NOT SUPPORTED: {e}")
         raise SystemExit(1)
     if as_json:
-        echo_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         r = report
         click.echo(f"{arch} at {'x'.join(map(str, input_shape))}")

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
+from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, handle_errors
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--onnx/--no-onnx", "onnx_flag", default=True, show_default=True,
               help="Write model.onnx and check onnxruntime against the slim model (--no-onnx: plan.json, slim.pt, "
@@ -29,7 +29,6 @@ from ._util import INPUT_SHAPE, TOLERANCE, echo_json, fmt_count, handle_errors
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: beside MODEL; MODEL's folder/dense for --dense).")
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, dense, opset, atol, rtol, arch, out, as_json):
     """Freeze a gated RUN/model.pt, cut it, and write plan.json, slim.pt, model.onnx and export.json.
@@ -44,7 +43,7 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
     r = export_run(model, out_dir=out, tau=tau, round_to=round_to, calibrate_bn=calibrate_bn, data=data,
                    input_shape=input_shape, dense=dense, opset=opset, atol=atol, rtol=rtol, arch=arch, onnx=onnx_flag)
     if as_json:
-        echo_json(r)
+        emit_json(r)
     else:
         click.echo(f"{'dense' if dense else 'slim'} {r['arch']} at {'x'.join(map(str, r['input_shape']))}: "
                    f"FLOPs {fmt_count(r['flops_dense'])} -> {fmt_count(r['flops_slim'])} ({r['flops_ratio']:.1%}), "
@@ -55,14 +54,13 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
     raise SystemExit(0 if r["exact"] else 1)
 
 
-@click.command(name="eval")
+@click.command(name="eval", cls=JsonCommand)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", required=True, help="Data set; its test split is used (digits: the held-out 20%).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--tau", type=click.FloatRange(0, 1), default=None,
               help="Freeze threshold for a gated model.pt (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def evaluate(model, data, batch_size, tau, arch, as_json):
     """Accuracy of a gated model.pt (frozen under the plan it deploys), a slim.pt, a dense model.pt or a .onnx (onnxruntime).
@@ -73,13 +71,13 @@ def evaluate(model, data, batch_size, tau, arch, as_json):
 
     r = eval_model(model, data=data, batch_size=batch_size, tau=tau, arch=arch)
     if as_json:
-        echo_json(r)
+        emit_json(r)
     else:
         top5 = f", top-5 {r['top5']:.4f}" if "top5" in r else ""
         click.echo(f"{model} ({r['kind']}): top-1 {r['accuracy']:.4f}{top5} on {r['count']} {r['split']} images")
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--vs", "vs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Another model (e.g. the dense export): measured interleaved, reported as a speedup.")
@@ -93,7 +91,6 @@ def evaluate(model, data, batch_size, tau, arch, as_json):
 @click.option("--max-regression", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="Allowed fractional drop below the baseline's speedups.")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def bench(model, vs, batch_sizes, backends, threads, input_shape, rounds, baseline, max_regression, arch, as_json):
     """Latency p50/p90 of MODEL per backend and batch size; with --vs, the speedup measured side by side.
@@ -116,7 +113,7 @@ def bench(model, vs, batch_sizes, backends, threads, input_shape, rounds, baseli
     failures = check_regression(r, baseline, max_regression) if baseline else []
     r["regressions"] = failures
     if as_json:
-        echo_json(r)
+        emit_json(r)
     else:
         if r.get("flops"):
             click.echo(f"{model}: {fmt_count(r['flops'])} FLOPs, {fmt_count(r['params'] or 0)} params")
@@ -132,9 +129,8 @@ def bench(model, vs, batch_sizes, backends, threads, input_shape, rounds, baseli
     raise SystemExit(1 if failures else 0)
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def report(run, as_json):
     """Figures of RUN (kept channels per group, gate polarization, learning curves) and summary.md,
@@ -143,7 +139,7 @@ def report(run, as_json):
 
     r = make_report(run)
     if as_json:
-        echo_json(r)
+        emit_json(r)
     else:
         click.echo(r["summary"])
         click.echo("wrote " + ", ".join(r["files"].values()))

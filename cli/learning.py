@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ._progress import Reporter
-from ._util import echo_json, handle_errors
+from ._util import BadInput, Failed, Interrupted, JsonCommand, emit_json, handle_errors
 
 DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ inside) or cifar10:PATH."
 
@@ -23,12 +23,9 @@ def _common(fn):
         click.option("--in-channels", type=click.IntRange(min=1), default=None,
                      help="Default: what the model's stem takes (grayscale data is repeated to 3 channels)."),
         click.option("--image-size", type=click.IntRange(min=4), default=None, help="Resize images (e.g. 64)."),
-        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Data workers (in-memory data sets need none)."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training images."),
         click.option("--resume", is_flag=True, help="Continue from RUN/model.pt (optimizer, schedule, RNG, data order)."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout."),
     ]):
         fn = opt(fn)
     return fn
@@ -42,28 +39,26 @@ def _guarded(out: Path, rep: Reporter, work):
         return work()
     except KeyboardInterrupt:
         rep.close()
-        click.echo(f"interrupted: saved {out / 'model.pt'}; continue with --resume", err=True)
-        raise SystemExit(130)
+        raise Interrupted(f"interrupted: saved {out / 'model.pt'}; continue with --resume") from None
     except TrainingError as e:
         rep.close()
-        click.echo(f"Error: {e}", err=True)
-        raise SystemExit(1)
+        raise Failed(str(e)) from None
 
 
 def _finish(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
-        echo_json(result)
+        emit_json(result)
     else:
         for line in lines:
             click.echo(line)
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @_common
 @click.option("--weights", default=None, help="Start from DEFAULT, a torchvision weights name, or a .pt file.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
 @handle_errors
-def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, lr):
     """Plain baseline training: the "pretrained" model to learn gates on, on any data set.
 
@@ -82,7 +77,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                            f"wrote {res['model']}"])
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @_common
 @click.option("--weights", default=None, help="DEFAULT, a torchvision weights name, or RUN/model.pt from `chanprune train`.")
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), required=True,
@@ -105,7 +100,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--min-keep", type=click.IntRange(min=0), default=0, show_default=True,
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
-def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, workers, device, limit,
+def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
           min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -136,12 +131,11 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     _finish(res, as_json, lines)
 
 
-@click.command()
+@click.command(cls=JsonCommand)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tau", type=click.FloatRange(0, 1), default=None,
               help="Preview the plan at this threshold (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
-@click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def inspect(model, tau, arch, as_json):
     """Polarization report and plan preview of a gated RUN/model.pt."""
@@ -149,7 +143,7 @@ def inspect(model, tau, arch, as_json):
 
     r = inspect_run(model, tau=tau, arch=arch)
     if as_json:
-        echo_json(r)
+        emit_json(r)
         return
     pol = r["polarization"]
     click.echo(f"{r['model']}: {r['arch']}, stage {r['stage']}, target {r['target']} ({r['cost']}), gate {r['gate']}")

@@ -16,6 +16,14 @@ def test_example_runs(script):
     assert "onnxruntime vs slim" in out.stdout
 
 
+def test_api_example_fails_outside_the_tolerance():
+    from examples.api_check import require_parity
+
+    require_parity("slim vs gated", 1e-6, 1.0)
+    with pytest.raises(SystemExit, match="slim vs gated: max .diff. 1.0e-03 is outside the tolerance"):
+        require_parity("slim vs gated", 1e-3, 1.0)  # 1e-3 > 1e-5 + 1e-4 * 1.0
+
+
 def test_user_model_example_checks_exact():
     from click.testing import CliRunner
 

@@ -204,7 +204,12 @@ def test_validate_accepts_plans_that_fit(net):
     graph = graph_of(net)
     plan = full_plan(graph)
     assert plan.validate(graph) is plan
-    assert PrunePlan([]).validate(graph) is not None  # an empty plan keeps everything
+    empty = PrunePlan([])
+    assert empty.validate(graph) is empty
+    # an empty plan keeps everything: one all-ones mask per group
+    masks = empty.keep_masks(graph)
+    assert graph.groups and [m.numel() for m in masks] == [g.size for g in graph.groups]
+    assert all(bool((m == 1).all()) for m in masks)
 
 
 @pytest.mark.parametrize("net", ["chain", "residual", "grouped"])
