@@ -19,10 +19,19 @@ import torch.nn.functional as F
 
 from .errors import ChanpruneError
 
-__all__ = ["DataBundle", "Split", "load_data", "FASHION_MNIST_DIRS"]
+__all__ = ["DataBundle", "Split", "load_data", "missing_data_message", "FASHION_MNIST_DIRS"]
 
 # Where the Debian package `dataset-fashion-mnist` installs its IDX files (`dpkg -L dataset-fashion-mnist`).
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+GET_FASHION_MNIST = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`, or `make data`), "
+                     "or pass --data fashion-mnist:DIR with the four IDX files inside")
+DATA_SETS = ("fashion-mnist[:DIR] (real, 70k images), digits (scikit-learn's 8x8 digits, bundled), "
+             "imagefolder:PATH (train/ and val/ inside), cifar10:PATH")
+
+
+def missing_data_message() -> str:
+    """What to say when no data set was named."""
+    return f"--data is needed: one of {DATA_SETS}. To get Fashion-MNIST, {GET_FASHION_MNIST}"
 
 
 class DataError(ChanpruneError, ValueError):
@@ -135,8 +144,7 @@ def _fashion_mnist(folder: str | None, download: bool) -> tuple[np.ndarray, ...]
         tr = torchvision.datasets.FashionMNIST(root, train=True, download=True)
         te = torchvision.datasets.FashionMNIST(root, train=False, download=True)
         return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
-    raise DataError("Fashion-MNIST not found: install the Debian package `dataset-fashion-mnist` "
-                    "(apt-get install dataset-fashion-mnist) or pass --data fashion-mnist:DIR")
+    raise DataError(f"Fashion-MNIST not found: {GET_FASHION_MNIST}")
 
 
 def _split_val(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):

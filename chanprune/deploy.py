@@ -14,10 +14,11 @@ import torch
 
 from .artifacts import atomic_write_text
 from .cut import cut
-from .export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx, within_tolerance
+from .export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx,
+                     simplify_onnx, within_tolerance)
 from .freeze import polarization, round_plan
 from .learn import calibrate_bn_
-from .load import GatedModel, save_slim
+from .load import GatedModel, resolve_checkpoint, save_slim
 from .measure.flops import count_flops, count_params
 from .plan import GroupPlan, PrunePlan
 
@@ -28,11 +29,12 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
                round_to: int | None = None, calibrate_bn: int = 0, data: str | None = None,
                input_shape: list[int] | None = None, dense: bool = False, opset: int = DEFAULT_OPSET,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, arch: str | None = None,
-               onnx: bool = True) -> dict:
+               onnx: bool = True, simplify: str | None = None) -> dict:
     """Cut and export the run at `model_path` into `out_dir` (default: beside the checkpoint;
     `dense/` for `dense`). `tau=None` deploys the run's own plan (see `GatedModel.plan`).
-    `onnx=False` writes plan.json, slim.pt and export.json only."""
-    model_path = Path(model_path)
+    `onnx=False` writes plan.json, slim.pt and export.json only; `simplify` ("onnxslim" or "onnxsim")
+    simplifies model.onnx before the onnxruntime parity check, so parity holds for the file written."""
+    model_path = resolve_checkpoint(model_path)
     gm = GatedModel.load(model_path, arch=arch, input_shape=input_shape)
     if dense:
         plan = PrunePlan([GroupPlan(g.name, g.size, list(range(g.size))) for g in gm.graph.groups], gm.arch,
@@ -59,9 +61,11 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
     slim_path = save_slim(out / "slim.pt", slim, arch=gm.arch, plan=plan, input_shape=gm.input_shape,
                           build_kwargs=gm.ckpt.build_kwargs)
     atomic_write_text(out / "plan.json", plan.to_json())
-    onnx_path, d_onnx, d_total, exact = None, None, res.max_abs_diff, res.exact
+    onnx_path, d_onnx, d_total, exact, simplified = None, None, res.max_abs_diff, res.exact, None
     if onnx:
         onnx_path = export_onnx(slim, x[:1], out / "model.onnx", opset=opset)
+        if simplify:
+            simplified = simplify_onnx(onnx_path, simplify)
         y_ort = run_onnx(onnx_session(onnx_path), x)
         d_onnx, d_total = max_abs_diff(y_ort, res.slim_output), max_abs_diff(y_ort, res.gated_output)
         exact = exact and within_tolerance(d_onnx, float(res.slim_output.abs().max()), atol=atol, rtol=rtol)
@@ -76,7 +80,7 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
         "kept_channels": plan.kept_channels, "gated_channels": plan.total_channels,
         "zero_width_groups": len(plan.zero_width_groups),
         "max_abs_diff": d_total, "slim_vs_gated": res.max_abs_diff,
-        "onnx_vs_slim": d_onnx, "tolerance": res.tolerance, "exact": exact,
+        "onnx_vs_slim": d_onnx, "tolerance": res.tolerance, "exact": exact, "simplified": simplified,
         "polarization": polarization(gm.gates.probs()).to_dict(), "source": str(model_path),
     }
     report["flops_ratio"] = report["flops_slim"] / report["flops_dense"]

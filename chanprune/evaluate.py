@@ -10,13 +10,14 @@ import torch
 from .artifacts import atomic_write_text
 from .data import load_data
 from .learn import evaluate as evaluate_torch
-from .load import load_any
+from .load import load_any, resolve_checkpoint
 
 __all__ = ["eval_model"]
 
 
 def eval_model(path: str | os.PathLike, *, data: str, batch_size: int = 256, tau: float | None = None,
                arch: str | None = None) -> dict:
+    path = resolve_checkpoint(path)
     kind, model, shape = load_any(path, tau=tau, arch=arch)
     bundle = load_data(data, channels=shape[1], size=shape[-1])
     split, name = (bundle.test, "test") if bundle.test is not None else (bundle.val, "val")

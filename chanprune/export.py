@@ -22,7 +22,7 @@ from torch import nn
 from .artifacts import atomic_write_bytes
 from .errors import ArtifactError
 
-__all__ = ["export_onnx", "onnx_session", "run_onnx", "max_abs_diff", "within_tolerance", "DEFAULT_OPSET",
+__all__ = ["export_onnx", "simplify_onnx", "onnx_session", "run_onnx", "max_abs_diff", "within_tolerance", "DEFAULT_OPSET",
            "DEFAULT_ATOL", "DEFAULT_RTOL"]
 
 DEFAULT_OPSET = 17
@@ -88,6 +88,39 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
         model.train(was_training)
     onnx.checker.check_model(onnx.load_from_string(data))
     return atomic_write_bytes(path, data)
+
+
+SIMPLIFIERS = ("onnxslim", "onnxsim")
+
+
+def simplify_onnx(path: str | os.PathLike, tool: str = "onnxslim") -> dict:
+    """Simplify the ONNX file at `path` in place with `tool` (onnxslim or onnxsim; optional
+    dependencies, the `[simplify]` extra) and check the result; returns node counts before and after."""
+    import onnx
+
+    if tool not in SIMPLIFIERS:
+        raise ValueError(f"unknown simplifier {tool!r}; choose one of {', '.join(SIMPLIFIERS)}")
+    path = Path(path)
+    model = onnx.load(str(path))
+    before = len(model.graph.node)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if tool == "onnxslim":
+                import onnxslim
+
+                out = onnxslim.slim(model)
+            else:
+                import onnxsim
+
+                out, ok = onnxsim.simplify(model)
+                if not ok:
+                    raise ArtifactError(f"{path}: onnxsim could not validate its simplified graph")
+    except ImportError as e:
+        raise ArtifactError(f"--simplify {tool} needs `pip install {tool}` (or chanprune[simplify])") from e
+    onnx.checker.check_model(out)
+    atomic_write_bytes(path, out.SerializeToString())
+    return {"tool": tool, "nodes_before": before, "nodes_after": len(out.graph.node)}
 
 
 def onnx_session(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None):

@@ -23,7 +23,17 @@ from .plan import PrunePlan
 from .surgery import apply_plan_
 from .zoo import build_model, saved_arch
 
-__all__ = ["GatedModel", "load_any", "load_dense", "save_slim", "load_slim"]
+__all__ = ["GatedModel", "load_any", "load_dense", "save_slim", "load_slim", "resolve_checkpoint"]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder means the checkpoint inside it: `RUN` and `RUN/model.pt` are the same."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise ArtifactError(f"{path} is a folder without a model.pt inside (not a run folder)")
+        return path / "model.pt"
+    return path
 
 
 class GatedModel:
@@ -71,6 +81,7 @@ class GatedModel:
     @classmethod
     def load(cls, path: str | os.PathLike, *, arch: str | None = None,
              input_shape: list[int] | None = None) -> "GatedModel":
+        path = resolve_checkpoint(path)
         return cls(GatedCheckpoint.load(path), path=path, arch=arch, input_shape=input_shape)
 
     @property
@@ -146,7 +157,7 @@ def load_any(path: str | os.PathLike, *, tau: float | None = None, arch: str | N
     """(kind, torch model or onnxruntime session, input shape) for a .pt of any kind or a .onnx.
 
     A gated checkpoint comes frozen under the plan it deploys (`GatedModel.plan`)."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if path.suffix == ".onnx":
         from .export import onnx_session
 

@@ -86,6 +86,14 @@ def make_report(run: str | os.PathLike) -> dict:
         files["curves"] = _save(fig, run / "curves.png")
         plt.close(fig)
     exports, evals, benches = _jsons(run, "export.json"), _jsons(run, ".eval.json"), _jsons(run, ".bench.json")
+
+    def where(path: str) -> str:  # a model by its path in the run: model.onnx and round4/model.onnx differ
+        p = Path(path)
+        try:
+            return str(p.resolve().relative_to(run.resolve()))
+        except ValueError:
+            return str(p)
+
     lines = [f"# {run.name}", "", "| what | value |", "|---|---|"]
     if info:
         lines += [f"| arch | {info['arch']} |", f"| target | {info['target']} |",
@@ -93,17 +101,17 @@ def make_report(run: str | os.PathLike) -> dict:
                   f"| kept channels | {info['kept_channels']}/{info['gated_channels']} |",
                   f"| polarized | {info['polarization']['polarized']:.1%} |"]
     for e in exports:
-        kind = f"{Path(e['slim']).parent.name}/ ({'dense' if e.get('dense') else 'slim'})"
+        kind = f"{where(str(Path(e['slim']).parent))}/ ({'dense' if e.get('dense') else 'slim'})"
         lines += [f"| {kind} FLOPs (fvcore) | {e['flops_slim']:,} ({e['flops_ratio']:.1%} of {e['flops_dense']:,}) |",
                   f"| {kind} params | {e['params_slim']:,} |",
                   f"| {kind} parity | slim vs gated {e['slim_vs_gated']:.1e}"
                   + (f", ORT vs slim {e['onnx_vs_slim']:.1e} |" if e.get("onnx_vs_slim") is not None else " |")]
     for ev in evals:
-        lines.append(f"| accuracy of {Path(ev['model']).name} ({ev['kind']}, {ev['split']}) | {ev['accuracy']:.4f} |")
+        lines.append(f"| accuracy of {where(ev['model'])} ({ev['kind']}, {ev['split']}) | {ev['accuracy']:.4f} |")
     for b in benches:
         for r in b.get("results", []):
-            sp = f", speedup {r['speedup']:.2f}x vs {Path(b['vs']).parent.name}/{Path(b['vs']).name}" if "speedup" in r else ""
-            lines.append(f"| latency {Path(b['model']).name} {r['backend']} batch {r['batch']} | "
+            sp = f", speedup {r['speedup']:.2f}x vs {where(b['vs'])}" if "speedup" in r else ""
+            lines.append(f"| latency {where(b['model'])} {r['backend']} batch {r['batch']} | "
                          f"p50 {r['p50_ms']:.3f} ms{sp} |")
     lines += ["", *[f"![{k}]({Path(v).name})" for k, v in files.items()], ""]
     atomic_write_text(run / "summary.md", "\n".join(lines))

@@ -24,13 +24,31 @@ from .freeze import freeze, polarization
 from .gates import GateSet, list_gates
 from .graph import find_groups
 from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
-from .load import GatedModel
+from .load import GatedModel, resolve_checkpoint
 from .plan import PrunePlan
 from .zoo import build_model, provider_for
 
-__all__ = ["train_run", "learn_run", "inspect_run", "prepare_run_dir"]
+__all__ = ["train_run", "learn_run", "inspect_run", "prepare_run_dir", "default_run_dir"]
 
 Progress = Callable[[str, dict], None]
+
+
+def default_run_dir(kind: str, name: str, *, resume: bool = False, root: str | os.PathLike = "runs") -> Path:
+    """`runs/<kind>/<name>` for a new run, or `<name>-2`, `-3`, ... when taken (nothing is ever
+    overwritten); with `resume`, the newest existing one of those (the highest suffix)."""
+    base = Path(root) / kind
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    taken = [base / safe] + sorted((p for p in base.glob(f"{safe}-*") if p.name[len(safe) + 1:].isdigit()),
+                                   key=lambda p: int(p.name[len(safe) + 1:]))
+    taken = [p for p in taken if p.exists()]
+    if resume:
+        if not taken:
+            raise ChanpruneError(f"--resume: no run to continue under {base}/{safe}[-N]; pass --out RUN")
+        return taken[-1]
+    if not taken:
+        return base / safe
+    n = max([1] + [int(p.name[len(safe) + 1:]) for p in taken if p.name != safe]) + 1
+    return base / f"{safe}-{n}"
 
 
 def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> Path:
@@ -115,13 +133,13 @@ def _resume_checkpoint(out: Path, cls, arch: str):
     return ckpt
 
 
-def train_run(*, arch: str, data: str, out: Path, config: TrainConfig, weights: str | None = None,
+def train_run(*, arch: str, data: str, out: Path | None, config: TrainConfig, weights: str | None = None,
               num_classes: int | None = None, in_channels: int | None = None, image_size: int | None = None,
               device: str = "cpu", resume: bool = False, limit: int | None = None,
               progress: Progress | None = None) -> dict:
     """Plain baseline training; writes RUN/model.pt (dense) and RUN/metrics.jsonl."""
     device = _check_device(device)
-    out = prepare_run_dir(out, resume=resume)
+    out = prepare_run_dir(out if out is not None else default_run_dir("train", arch, resume=resume), resume=resume)
     rank, world = _distributed(device)
     model, bundle, classes, channels, shape = _setup(arch, data, weights=weights, num_classes=num_classes,
                                                      in_channels=in_channels, image_size=image_size,
@@ -156,7 +174,7 @@ def _load_weights_arg(weights: str | None, arch: str) -> tuple[str | None, dict 
     return weights, None
 
 
-def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: str | None = None,
+def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, weights: str | None = None,
               num_classes: int | None = None, in_channels: int | None = None, image_size: int | None = None,
               ignore: tuple[str, ...] = (), device: str = "cpu", resume: bool = False, limit: int | None = None,
               progress: Progress | None = None) -> dict:
@@ -169,6 +187,8 @@ def learn_run(*, arch: str, data: str, out: Path, config: LearnConfig, weights: 
         raise ChanpruneError(f"--budget {config.budget!r}: unknown cost; choose one of {', '.join(list_costs())}")
     if config.gate not in list_gates():
         raise ChanpruneError(f"--gate {config.gate!r}: unknown gate kind; choose one of {', '.join(list_gates())}")
+    if out is None:
+        out = default_run_dir("learn", f"{arch}-t{config.target:g}", resume=resume)
     out = prepare_run_dir(out, resume=resume)
     rank, world = _distributed(device)
     weights, saved_kwargs = _load_weights_arg(weights, arch)
@@ -256,6 +276,7 @@ def _ranks_agree(plan: PrunePlan, world: int) -> bool:
 
 def inspect_run(path: str | os.PathLike, *, tau: float | None = None, arch: str | None = None) -> dict:
     """Polarization and the plan the run deploys (`GatedModel.plan`; `tau` previews another)."""
+    path = resolve_checkpoint(path)
     gm = GatedModel.load(path, arch=arch)
     plan = gm.plan(tau)
     pol = polarization(gm.gates.probs())

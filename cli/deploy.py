@@ -9,7 +9,7 @@ from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, ha
 
 
 @click.command(cls=JsonCommand)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--onnx/--no-onnx", "onnx_flag", default=True, show_default=True,
               help="Write model.onnx and check onnxruntime against the slim model (--no-onnx: plan.json, slim.pt, "
                    "export.json only).")
@@ -22,6 +22,8 @@ from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, ha
 @click.option("--data", default=None, help="Data for --calibrate-bn.")
 @click.option("--input-shape", type=INPUT_SHAPE, default=None,
               help="Export and FLOPs shape N,C,H,W (a plan learned at 64 px deploys at 224).")
+@click.option("--simplify", type=click.Choice(["onnxslim", "onnxsim"]), default=None,
+              help="Simplify model.onnx with this tool before the parity check (pip install chanprune[simplify]).")
 @click.option("--dense", is_flag=True, help="Write the same artifacts with nothing removed (the reference for bench --vs).")
 @click.option("--opset", type=click.IntRange(min=9), default=17, show_default=True)
 @click.option("--atol", type=TOLERANCE, default=1e-5, show_default=True)
@@ -30,8 +32,9 @@ from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, ha
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: beside MODEL; MODEL's folder/dense for --dense).")
 @handle_errors
-def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, dense, opset, atol, rtol, arch, out, as_json):
-    """Freeze a gated RUN/model.pt, cut it, and write plan.json, slim.pt, model.onnx and export.json.
+def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, simplify, dense, opset, atol, rtol, arch, out, as_json):
+    """Cut a gated run (RUN or RUN/model.pt) under the plan it deploys, and write plan.json, slim.pt,
+    model.onnx and export.json.
 
     Parity is checked with one tolerance: slim torch against the frozen gated torch (under the plan
     actually applied), and onnxruntime against slim torch. Exit 1 if either fails.
@@ -41,7 +44,8 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
     if calibrate_bn and not data:
         raise click.BadParameter("--calibrate-bn needs --data", param_hint="--data")
     r = export_run(model, out_dir=out, tau=tau, round_to=round_to, calibrate_bn=calibrate_bn, data=data,
-                   input_shape=input_shape, dense=dense, opset=opset, atol=atol, rtol=rtol, arch=arch, onnx=onnx_flag)
+                   input_shape=input_shape, dense=dense, opset=opset, atol=atol, rtol=rtol, arch=arch, onnx=onnx_flag,
+                   simplify=simplify)
     if as_json:
         emit_json(r)
     else:
@@ -55,7 +59,7 @@ def export(model, onnx_flag, tau, round_to, calibrate_bn, data, input_shape, den
 
 
 @click.command(name="eval", cls=JsonCommand)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="Data set; its test split is used (digits: the held-out 20%).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--tau", type=click.FloatRange(0, 1), default=None,

@@ -14,8 +14,10 @@ DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ insi
 def _common(fn):
     for opt in reversed([
         click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...) or module:function."),
-        click.option("--data", required=True, help=DATA_HELP),
-        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder (RUN)."),
+        click.option("--data", default=None, help=DATA_HELP),
+        click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+                     help="Run folder (RUN). Default: runs/train/ARCH or runs/learn/ARCH-tTARGET, with -2, -3, ... "
+                          "when taken; with --resume, the newest of those."),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -29,6 +31,16 @@ def _common(fn):
     ]):
         fn = opt(fn)
     return fn
+
+
+def _run_dir(out: Path | None, data: str | None, kind: str, name: str, resume: bool) -> Path:
+    """The run folder (the library's default when --out is not given); --data must be named."""
+    from chanprune.data import missing_data_message
+    from chanprune.runs import default_run_dir
+
+    if data is None:
+        raise BadInput(missing_data_message())
+    return out if out is not None else default_run_dir(kind, name, resume=resume)
 
 
 def _guarded(out: Path, rep: Reporter, work):
@@ -67,6 +79,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     from chanprune.learn import TrainConfig
     from chanprune.runs import train_run
 
+    out = _run_dir(out, data, "train", arch, resume)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     rep = Reporter()
     res = _guarded(out, rep, lambda: train_run(
@@ -111,6 +124,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     from chanprune.learn import LearnConfig
     from chanprune.runs import learn_run
 
+    out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       calibrate_bn=calibrate_bn)
@@ -132,13 +146,13 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 
 
 @click.command(cls=JsonCommand)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--tau", type=click.FloatRange(0, 1), default=None,
               help="Preview the plan at this threshold (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
 @handle_errors
 def inspect(model, tau, arch, as_json):
-    """Polarization report and plan preview of a gated RUN/model.pt."""
+    """Polarization report and plan preview of a gated run (RUN or RUN/model.pt)."""
     from chanprune.runs import inspect_run
 
     r = inspect_run(model, tau=tau, arch=arch)

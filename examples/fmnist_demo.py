@@ -64,7 +64,7 @@ def main():
     dense = cli("export", run / "model.pt", "--dense")
     acc = {name: cli("eval", path, "--data", "fashion-mnist")["accuracy"]
            for name, path in (("baseline", BASELINE), ("gated", run / "model.pt"), ("slim.pt", slim["slim"]),
-                              ("slim ONNX", slim["onnx"]))}
+                              ("slim ONNX", slim["onnx"]), ("slim ONNX, --round-to 4", aligned["onnx"]))}
     benches = {name: cli("bench", e["onnx"], "--vs", dense["onnx"], "--batch-size", "1,32", "--backend", "ort-cpu")
                for name, e in (("slim", slim), ("slim, --round-to 4", aligned))}
     cli("report", run)
