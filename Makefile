@@ -47,6 +47,7 @@ guard: venv
 # The benchmark grids (hours on 2 cores; each resumes where it stopped), then the README's tables.
 bench: venv data
 	$(PY) benchmarks/costs.py
+	$(PY) benchmarks/simplify.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/why.py
 	$(PY) benchmarks/accuracy.py
