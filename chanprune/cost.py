@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._registry import Registry
 from .graph import ChannelGraph
 from .measure.flops import count_flops
 from .plan import PrunePlan
@@ -71,33 +71,21 @@ class Cost(ABC):
         return {"name": self.name, "dense": self.dense()}
 
 
-_COSTS: dict[str, Callable[..., Cost]] = {}
+_COSTS: Registry[Cost] = Registry("cost", "name")
 
 
 def register_cost(name: str):
     """Register a `Cost` class under `name` (the value of `learn --budget`)."""
-
-    def deco(cls):
-        if name in _COSTS:
-            raise ValueError(f"cost {name!r} is already registered")
-        cls.name = name
-        _COSTS[name] = cls
-        return cls
-
-    return deco
+    return _COSTS.register(name)
 
 
 def list_costs() -> list[str]:
-    return sorted(_COSTS)
+    return _COSTS.names()
 
 
 def make_cost(name: str, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph) -> Cost:
     """The registered cost `name` for `model` (dense, no gates attached) at `example_inputs`."""
-    try:
-        cls = _COSTS[name]
-    except KeyError:
-        raise ValueError(f"unknown cost {name!r}; choose one of {', '.join(list_costs())}") from None
-    return cls(model, example_inputs, graph)
+    return _COSTS.get(name)(model, example_inputs, graph)
 
 
 _CHANNEL_PRESERVING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool1d,

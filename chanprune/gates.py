@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._registry import Registry
 from .graph import ChannelGraph
 
 __all__ = ["Gate", "GumbelGate", "GateSet", "attach_gates", "register_gate", "make_gate", "list_gates",
@@ -56,32 +57,20 @@ class Gate(nn.Module):
         raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
 
 
-_GATES: dict[str, type[Gate]] = {}
+_GATES: Registry[Gate] = Registry("gate kind", "kind")
 
 
 def register_gate(kind: str):
     """Register a `Gate` class under `kind` (the value of `learn --gate`)."""
-
-    def deco(cls):
-        if kind in _GATES:
-            raise ValueError(f"gate kind {kind!r} is already registered")
-        cls.kind = kind
-        _GATES[kind] = cls
-        return cls
-
-    return deco
+    return _GATES.register(kind)
 
 
 def list_gates() -> list[str]:
-    return sorted(_GATES)
+    return _GATES.names()
 
 
 def make_gate(kind: str, num_channels: int, **config) -> Gate:
-    try:
-        cls = _GATES[kind]
-    except KeyError:
-        raise ValueError(f"unknown gate kind {kind!r}; choose one of {', '.join(list_gates())}") from None
-    return cls(num_channels, **config)
+    return _GATES.get(kind)(num_channels, **config)
 
 
 @register_gate("gumbel")
