@@ -13,7 +13,7 @@ DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ insi
 
 def _common(fn):
     for opt in reversed([
-        click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...) or module:function."),
+        click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...), timm:NAME or module:function."),
         click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder (RUN)."),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
