@@ -148,7 +148,9 @@ class FlopsCost(Cost):
         self.terms: list[_Term] = []
         for name, f in report.by_module.items():
             m = mods.get(name)
-            is_layer = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            # A batch norm with children is still one layer: timm's BatchNormAct2d holds its
+            # activation, which fvcore does not count, so its count is the norm's own.
+            is_layer = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm))
             if not f or m is None or isinstance(m, _CHANNEL_PRESERVING) or (next(m.children(), None) is not None and not is_layer):
                 continue  # parents aggregate their children; pooling is traced below
             per_channel = count(name, "dw") or count(name, "chan")

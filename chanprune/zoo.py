@@ -1,4 +1,5 @@
-"""Build models by name: torchvision classifiers, CIFAR ResNets, EfficientNet-Lite0, or `module:function`.
+"""Build models by name: torchvision classifiers, CIFAR ResNets, EfficientNet-Lite0, `timm:NAME`, or
+`module:function`.
 
 Each name is served by one `ArchProvider`. `provider_for` asks one table: a registered prefix
 (`timm:` in `timm:resnet50`) is matched before anything else, as timm's `parse_model_name` splits
@@ -23,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import _timm
 from ._cifar import DEPTHS, CifarResNet
 from .errors import ArtifactError, UnknownArchError
 
@@ -202,13 +204,28 @@ class UserFactoryProvider(ArchProvider):
         return model
 
 
+class TimmProvider(ArchProvider):
+    """`timm:NAME`: timm builds the model, with `num_classes` and `in_chans` through its own
+    arguments; "DEFAULT" weights are timm's pretrained ones (see `chanprune._timm`).
+
+    Lists no names: timm has over a thousand, importing it takes seconds, and they would drown the
+    choices an unknown arch prints. `timm.list_models("*pattern*")` finds them, and an unknown
+    `timm:` name is told the closest ones.
+    """
+
+    name = "timm"
+
+    def build(self, arch, *, num_classes, in_channels, weights):
+        return _timm.create_model(arch, num_classes=num_classes, in_channels=in_channels, weights=weights)
+
+
 _USER = UserFactoryProvider()
 # Providers of plain names, asked in order, and providers of prefixed names. The built-ins are
 # installed without `_check_unclaimed`, which would import torchvision at import time;
 # tests/test_zoo.py checks that their names do not overlap.
 _NAMED: dict[str, ArchProvider] = {p.name: p for p in (RegistryProvider(), EfficientNetLiteProvider(),
                                                         TorchvisionProvider(), _USER)}
-_PREFIXES: dict[str, ArchProvider] = {}
+_PREFIXES: dict[str, ArchProvider] = {_timm.PREFIX: TimmProvider()}
 
 
 def _check_unclaimed(names: list[str]) -> None:
@@ -287,8 +304,8 @@ def build_model(arch: str, *, num_classes: int | None = None, in_channels: int =
 
     Args:
         arch: a torchvision classifier name (`resnet18`), a CIFAR ResNet (`resnet20`..`resnet110`),
-            `efficientnet_lite0`, `package.module:function` returning an `nn.Module`, or a name
-            with a registered prefix.
+            `efficientnet_lite0`, `timm:NAME`, `package.module:function` returning an `nn.Module`,
+            or a name with a registered prefix.
         num_classes: classifier outputs; with pretrained weights the head is re-initialised.
         in_channels: input channels; a pretrained 3-channel stem is averaged.
         weights: None, "DEFAULT", a torchvision weights enum name (`ResNet18_Weights.IMAGENET1K_V1`),

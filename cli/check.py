@@ -7,7 +7,11 @@ from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, ha
 
 
 @click.command(cls=JsonCommand)
-@click.option("--arch", required=True, help="Zoo name (resnet18, resnet20, mobilenet_v2, efficientnet_lite0, ...) or module:function.")
+@click.option("--arch", default=None,
+              help="Zoo name (resnet18, resnet20, mobilenet_v2, efficientnet_lite0, ...), timm:NAME or module:function.")
+@click.option("--list", "list_name", default=None, metavar="LIST",
+              help="Instead of --arch: check every model of LIST (timm: one or two per timm CNN family), "
+                   "random init, and print a table.")
 @click.option("--weights", default=None, help="None (random init), DEFAULT, a torchvision weights name, or a .pt file.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier outputs.")
 @click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True, help="Input channels.")
@@ -22,33 +26,40 @@ from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, ha
 @click.option("--atol", type=TOLERANCE, default=1e-5, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=TOLERANCE, default=1e-4, show_default=True, help="Tolerance relative to max|output|.")
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Also export the slim model and compare onnxruntime.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300, show_default=True,
+              help="With --list: seconds per model before it is reported as a timeout.")
 @handle_errors
-def check(arch, weights, num_classes, in_channels, input_shape, keep, zero_width, seed, ignore, atol, rtol, onnx, as_json):
+def check(arch, list_name, weights, num_classes, in_channels, input_shape, keep, zero_width, seed, ignore, atol, rtol,
+          onnx, timeout, as_json):
     """Will ARCH prune exactly? Gate every channel group, cut a random plan that keeps about
     --keep of each group (and removes one whole group where the model has one), and compare the
     slim model with the gated one, then onnxruntime with the slim model.
 
     Untrained models get random batch-norm statistics first, so that the constants a removed
-    branch leaves behind are non-zero and checked too.
+    branch leaves behind are non-zero and checked too. A model that is not exact is reported with
+    the first layer where slim and gated part.
 
-    Exit 0 exact, 1 not exact (or the model cannot be traced), 2 bad input.
+    With --list, every model of the list is checked in turn (random init; nothing is downloaded),
+    one table row each: verdict, groups, FLOPs, and for each one not exact the layer and the reason.
+
+    Exit 0 exact (every model, with --list), 1 not exact (or the model cannot be traced), 2 bad input.
     """
-    import torch
-
-    from chanprune.check import check_model, perturb_batchnorm_
-    from chanprune.errors import UnsupportedModelError
-    from chanprune.zoo import build_model
-
+    if (arch is None) == (list_name is None):
+        raise click.UsageError("give one of --arch or --list")
     if input_shape[1] != in_channels:
         raise click.BadParameter(f"channel dimension {input_shape[1]} differs from --in-channels {in_channels}",
                                  param_hint="--input-shape")
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes=num_classes, in_channels=in_channels, weights=weights)
-    if weights is None:
-        perturb_batchnorm_(model, seed=seed)
+    options = dict(keep=keep, seed=seed, zero_width=zero_width, atol=atol, rtol=rtol, onnx=onnx, ignored=tuple(ignore),
+                   num_classes=num_classes, in_channels=in_channels)
+    if list_name is not None:
+        if weights is not None:
+            raise click.UsageError("--list checks models with random weights; --weights goes with --arch")
+        return _check_list(list_name, input_shape, timeout, as_json, options)
+    from chanprune.check import check_arch
+    from chanprune.errors import UnsupportedModelError
+
     try:
-        report = check_model(model, arch=arch, input_shape=input_shape, keep=keep, seed=seed, zero_width=zero_width, atol=atol,
-                             rtol=rtol, onnx=onnx, ignored=tuple(ignore))
+        report = check_arch(arch, input_shape=input_shape, weights=weights, **options)
     except UnsupportedModelError as e:
         if as_json:
             emit_json({"arch": arch, "exact": False, "unsupported": [{"name": "<model>", "reason": str(e)}]})
@@ -66,9 +77,53 @@ def check(arch, weights, num_classes, in_channels, input_shape, keep, zero_width
                    f"({r.flops_slim / max(r.flops_dense, 1):.1%}; predicted {fmt_count(r.flops_predicted)})")
         click.echo(f"  params            {fmt_count(r.params_dense)} -> {fmt_count(r.params_slim)}")
         click.echo(f"  slim vs gated     max |diff| {r.max_abs_diff:.2e}")
+        if r.diverges_at:
+            d = r.diverges_at
+            click.echo(f"  diverges at       {d['layer']} ({d['type']}): {d['reason']}")
         onnx_line = "skipped" if not onnx else (f"failed: {r.onnx_error}" if r.onnx_error else f"max |diff| {r.onnx_max_abs_diff:.2e}")
         click.echo(f"  onnxruntime       {onnx_line}")
         for u in r.unsupported:
             click.echo(f"  ungated           {u['name']}: {u['reason']}")
         click.echo(f"  verdict           {'EXACT' if r.exact else 'NOT EXACT'} (atol {atol:g}, rtol {rtol:g})")
     raise SystemExit(0 if report.exact else 1)
+
+
+def _check_list(name, input_shape, timeout, as_json, options):
+    """Run `check_list`, a Markdown table row per model as it finishes (or one JSON object at the end)."""
+    from chanprune.check import check_list
+
+    rows = check_list(name, input_shape=input_shape, timeout=timeout, **options)
+    results = []
+    if not as_json:
+        click.echo(f"chanprune check --list {name} at {'x'.join(map(str, input_shape))}, random init, "
+                   + ", ".join(f"{p} {v}" for p, v in _versions().items()))
+        click.echo("| family | model | verdict | groups | gated FLOPs | FLOPs kept | s | why not / ungated |")
+        click.echo("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        results.append(row)
+        if not as_json:
+            r = row.report
+            nums = (f"{r.groups} | {r.gated_flops_fraction:.0%} | {r.flops_slim / max(r.flops_dense, 1):.0%}"
+                    if r else "- | - | -")
+            why = (row.why or "").replace("|", "/")
+            click.echo(f"| {row.family} | {row.arch} | {row.verdict.upper()} | {nums} | {row.seconds:.0f} | {why} |")
+    exact = sum(r.verdict == "exact" for r in results)
+    if as_json:
+        emit_json({"list": name, "input_shape": list(input_shape), "exact": exact, "total": len(results),
+                   "versions": _versions(),
+                   "results": [r.to_dict() for r in results]})
+    else:
+        click.echo(f"{exact}/{len(results)} exact")
+    raise SystemExit(0 if exact == len(results) else 1)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "torch-pruning", "onnxruntime", "timm"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found

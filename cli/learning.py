@@ -13,7 +13,7 @@ DATA_HELP = "fashion-mnist[:DIR], digits, imagefolder:PATH (train/ and val/ insi
 
 def _common(fn):
     for opt in reversed([
-        click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...) or module:function."),
+        click.option("--arch", required=True, help="Zoo name (resnet20, resnet18, mobilenet_v2, ...), timm:NAME or module:function."),
         click.option("--data", default=None, help=DATA_HELP),
         click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
                      help="Run folder (RUN). Default: runs/train/ARCH or runs/learn/ARCH-tTARGET, with -2, -3, ... "

@@ -49,6 +49,28 @@ def test_predicted_equals_fvcore_on_tiny_nets(name):
         assert cm.plan_cost(plan) == pytest.approx(count_flops(slim, X).total, rel=5e-3)
 
 
+class _NormAct(nn.BatchNorm2d):
+    """A batch norm that holds its activation, as timm's BatchNormAct2d does."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_a_batch_norm_with_children_is_still_gated():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _NormAct(8), nn.Conv2d(8, 6, 3), _NormAct(6),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    graph = find_groups(model, X)
+    cm = FlopsCost(model, X, graph)
+    assert cm.gated_fraction == pytest.approx(1.0)
+    plan = random_plan(graph, keep=0.5, seed=0)
+    slim = apply_plan_(copy.deepcopy(model), plan, X, graph=graph)
+    assert cm.plan_cost(plan) == pytest.approx(count_flops(slim, X).total, rel=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2", "densenet121", "efficientnet_b0"])
 def test_predicted_equals_fvcore_on_zoo_models(arch):
     model = build_model(arch, num_classes=10)

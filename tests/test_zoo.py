@@ -88,7 +88,7 @@ def providers(monkeypatch):
 @pytest.mark.parametrize("arch,provider", [
     ("resnet20", "registered"), ("resnet110", "registered"), ("efficientnet_lite0", "efficientnet_lite"),
     ("resnet18", "torchvision"), ("mobilenet_v2", "torchvision"), ("tests.nets:chain", "module:function"),
-    ("no_such_module_zz:f", "module:function"), ("timm:resnet50", "module:function"),
+    ("no_such_module_zz:f", "module:function"), ("timm:resnet50", "timm"),
 ])
 def test_provider_for_routes_names(arch, provider):
     assert provider_for(arch).name == provider
@@ -155,8 +155,9 @@ def test_register_arch_adds_a_name(providers):
 
 
 @pytest.mark.parametrize("arch,trusted", [
-    ("resnet20", True), ("resnet18", True), ("efficientnet_lite0", True), ("tests.nets:chain", False),
-], ids=["cifar", "torchvision", "lite0", "module-function"])
+    ("resnet20", True), ("resnet18", True), ("efficientnet_lite0", True), ("timm:resnet50", True),
+    ("tests.nets:chain", False),
+], ids=["cifar", "torchvision", "lite0", "timm", "module-function"])
 def test_trusted_flags(arch, trusted):
     assert provider_for(arch).trusted is trusted
 
