@@ -51,6 +51,18 @@ def test_check_pretrained_efficientnet_lite0():
     assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
 
 
+def test_check_shufflenet_gates_all_but_the_shuffled_channels():
+    """The shuffle interleaves the two branches' channels, so those stay ungated and are reported,
+    naming the shuffle; the first and last convs and each block's inner channels are cut exactly."""
+    r = run_check(build_model("shufflenet_v2_x0_5", num_classes=10), "shufflenet_v2_x0_5", 64)
+    assert r.exact, r
+    assert r.max_abs_diff <= 1e-5 + 1e-4 * 10 and r.onnx_max_abs_diff is not None
+    assert r.gated_flops_fraction >= 0.9
+    assert r.zero_width_groups == 1
+    assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
+    assert r.unsupported and all("channel shuffle in stage" in u["reason"] for u in r.unsupported)
+
+
 def test_check_reports_a_model_that_is_not_exact():
     from tests.nets import HiddenMix
 
@@ -66,17 +78,15 @@ def _torchvision_classifiers():
 
 # Transformers (LayerNorm across channels everywhere) may be reported unsupported for now.
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
-UNTRACEABLE = ("shufflenet_",)  # torch-pruning cannot trace the channel shuffle
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", _torchvision_classifiers())
 def test_check_every_torchvision_classifier(arch):
-    if arch.startswith(TRANSFORMERS) or arch.startswith(UNTRACEABLE):
+    if arch.startswith(TRANSFORMERS):
         # reported, never silently skipped: these must be refused or come back with reasons
-        size = 224 if arch.startswith(("vit_", "swin_", "maxvit_")) else 64
         try:
-            r = run_check(build_model(arch, num_classes=10), arch, size, onnx=False)
+            r = run_check(build_model(arch, num_classes=10), arch, 224, onnx=False)
         except UnsupportedModelError:
             return
         assert r.exact and r.unsupported, r
@@ -85,3 +95,6 @@ def test_check_every_torchvision_classifier(arch):
     r = run_check(build_model(arch, num_classes=10), arch, size)
     assert r.exact, r
     assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
+    if arch.startswith("shufflenet_"):  # only the shuffled channels stay ungated, and they are named
+        assert r.gated_flops_fraction >= 0.9
+        assert r.unsupported and all("channel shuffle in stage" in u["reason"] for u in r.unsupported)
