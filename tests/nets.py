@@ -196,20 +196,21 @@ class Shuffle(nn.Module):
 
 
 class Chunk(nn.Module):
-    """A conv's channels chunked in two (CSP-style): one half goes through a conv, the other straight
-    into the concatenation after it. A chunk splits whatever width it gets into equal parts, so the
-    conv keeps equal counts in both halves."""
+    """A conv's channels chunked in two, as in YOLOv8's C2f: the second half goes through a conv and,
+    with the first, straight into the concatenation after it (one part read by two layers, one
+    layer reading both parts, in reverse order). A chunk splits whatever width it gets into equal
+    parts, so the conv keeps equal counts in both halves."""
 
     def __init__(self, *, num_classes=5):
         super().__init__()
         self.stem = _cbr(3, 8)
         self.b = _cbr(4, 6)
-        self.mix = _cbr(10, 8, k=1)
+        self.mix = _cbr(14, 8, k=1)
         self.fc = nn.Linear(8, num_classes)
 
     def forward(self, x):
         a, b = self.stem(x).chunk(2, dim=1)
-        return self.fc(self.mix(torch.cat([self.b(b), a], 1)).mean((2, 3)))
+        return self.fc(self.mix(torch.cat([self.b(b), b, a], 1)).mean((2, 3)))
 
 
 class FixedSplit(nn.Module):

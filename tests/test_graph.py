@@ -116,9 +116,10 @@ def test_chunk_parts_keep_equal_counts():
     stem = g.group("stem.0")
     assert stem.partition == [[0, 1, 2, 3], [4, 5, 6, 7]]
     by_site = {(s.module, s.role): s for s in stem.sites}
-    # the second half feeds b; the first goes straight into the concatenation, after b's 6 channels
+    # the second half feeds b, and both halves go into the concatenation after b's 6 channels
     assert by_site[("b.0", "in")].root_idxs == [4, 5, 6, 7] and by_site[("b.0", "in")].layer_idxs == [0, 1, 2, 3]
-    assert by_site[("mix.0", "in")].root_idxs == [0, 1, 2, 3] and by_site[("mix.0", "in")].layer_idxs == [6, 7, 8, 9]
+    mix = by_site[("mix.0", "in")]
+    assert dict(zip(mix.layer_idxs, mix.root_idxs)) == {6 + i: 4 + i for i in range(4)} | {10 + i: i for i in range(4)}
     b = next(s for s in g.group("b.0").sites if s.module == "mix.0")
     assert b.layer_idxs == list(range(6))
 
