@@ -7,12 +7,14 @@ root's. Sites of role "in" are the consumers: the layers that mix channels, wher
 """
 from __future__ import annotations
 
+import bisect
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ._channel_ops import ChannelPart, channel_ops_graph
 from .errors import UnsupportedModelError
 
 __all__ = ["Site", "ChannelGroup", "ChannelGraph", "find_groups", "build_dependency_graph"]
@@ -36,7 +38,8 @@ class ChannelGroup:
     name: str  # the root module; its output channels are the gate's channels
     size: int
     sites: list[Site]
-    # Equal kept counts are required in each part (grouped convolutions keep their group structure).
+    # Equal kept counts are required in each part (grouped convolutions keep their group structure,
+    # chunks split whatever width they get into equal parts).
     partition: list[list[int]] | None = None
 
     @property
@@ -94,14 +97,17 @@ def _grouped_conv_pruner():
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
-    """A torch-pruning DependencyGraph with a grouped-conv-exact pruner; the model's mode is kept."""
+    """A torch-pruning DependencyGraph with a grouped-conv-exact pruner, in which channel shuffles
+    are barriers no group crosses and chunks are sized and ordered as traced (`_channel_ops`); the
+    model's mode is kept."""
     import torch_pruning as tp
 
     was_training = model.training
-    DG = tp.DependencyGraph()
+    DG = channel_ops_graph()
     DG.REGISTERED_PRUNERS[tp.ops.OPTYPE.CONV] = _grouped_conv_pruner()
-    DG._in_channel_pruning_fn = {p.prune_in_channels for p in DG.REGISTERED_PRUNERS.values() if p is not None}
-    DG._out_channel_pruning_fn = {p.prune_out_channels for p in DG.REGISTERED_PRUNERS.values() if p is not None}
+    pruners = [p for p in (*DG.REGISTERED_PRUNERS.values(), *DG.CUSTOMIZED_PRUNERS.values()) if p is not None]
+    DG._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}
+    DG._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             # torch-pruning warns about free nn.Parameters (layer scales); it prunes them along the
@@ -111,7 +117,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
     except Exception as e:  # torch-pruning raises anything from asserts to ZeroDivisionError
         raise UnsupportedModelError(
             f"torch-pruning could not trace this model ({type(e).__name__}: {e}); "
-            "channel shuffles and data-dependent reshapes are not supported yet") from e
+            "data-dependent reshapes are not supported yet") from e
     finally:
         model.train(was_training)
     return DG
@@ -173,6 +179,11 @@ def _classify(module, handler, DG) -> tuple[str | None, str | None]:
     import torch_pruning as tp
 
     ops = tp.ops
+    channel_op = DG.channel_ops.get(module)
+    if channel_op is not None:  # a shuffle, chunk or split on channels, named where the model runs it
+        return None, (None if channel_op.exact else channel_op.reason())  # an exact chunk: equal counts per part
+    if isinstance(module, ChannelPart):
+        return None, None  # index mapping only
     if isinstance(module, nn.Parameter):
         return "param", None
     if isinstance(module, ops._OutputOp):
@@ -225,12 +236,17 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: tupl
     for tg in DG.get_all_groups(ignored_layers=skip, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
         root_mod = tg[0].dep.target.module
         root = names.get(root_mod, str(root_mod))
-        sites, reasons = [], []
+        sites, reasons, chunks = [], [], []
         for item in tg.items:
             mod = item.dep.target.module
+            op = DG.channel_ops.get(mod)
+            if op is not None and op.exact:  # a chunk: its parts keep equal counts (see _partition)
+                chunks.append((op, [int(i) for i in item.idxs], [int(i) for i in item.root_idxs]))
             role, reason = _classify(mod, item.dep.handler, DG)
             if reason:
-                reasons.append(f"{DG._module2name.get(mod, item.dep.target.name)}: {reason}")
+                # a channel op's reason says where the model runs it; other ops go by their graph node
+                label = DG._module2name.get(mod) or (None if op is not None else item.dep.target.name)
+                reasons.append(f"{label}: {reason}" if label else reason)
             if role is None:
                 continue
             if role == "param":
@@ -244,7 +260,7 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: tupl
         if reasons:
             unsupported.append({"name": root, "reason": "; ".join(dict.fromkeys(reasons))})
             continue
-        partition, reason = _partition(model, sites)
+        partition, reason = _partition(model, sites, chunks, size)
         if reason:
             unsupported.append({"name": root, "reason": reason})
             continue
@@ -284,9 +300,12 @@ def _merge_sites(sites: list[Site]) -> list[Site]:
     return list(merged.values())
 
 
-def _partition(model: nn.Module, sites: list[Site]) -> tuple[list[list[int]] | None, str | None]:
-    """Root-index parts that must keep equal counts, from the grouped convs a group touches."""
-    parts = None
+def _partition(model: nn.Module, sites: list[Site], chunks: list, size: int) -> tuple[list[list[int]] | None, str | None]:
+    """Root-index parts that must keep equal counts: the conv groups of the grouped convs a group
+    touches and the parts of the chunks it passes through (a chunk splits whatever width it gets
+    into equal parts). Where several split it, their common refinement, whose parts must again be
+    of one size and fall evenly into every split's parts."""
+    splits: list[tuple[str, list[list[int]]]] = []
     for s in sites:
         if s.role not in ("in", "out"):
             continue
@@ -301,7 +320,31 @@ def _partition(model: nn.Module, sites: list[Site]) -> tuple[list[list[int]] | N
         p = sorted(sorted(b) for b in buckets.values())
         if len(buckets) != g or len({len(b) for b in p}) != 1:
             return None, f"{s.module}: a grouped conv sees this group unevenly"
-        if parts is not None and p != parts:
-            return None, f"{s.module}: grouped convs with different group structures share these channels"
-        parts = p
-    return parts, None
+        splits.append((s.module, p))
+    for op, layer_idxs, root_idxs in chunks:
+        off = op.part_offsets
+        parts: list[list[int]] = [[] for _ in op.sizes]
+        for li, ri in zip(layer_idxs, root_idxs):
+            parts[bisect.bisect_right(off, li) - 1].append(ri)
+        if len({len(p) for p in parts}) != 1 or sorted(r for p in parts for r in p) != list(range(size)):
+            return None, (f"{op.detail} {op.location}: this group's channels fall unevenly into its parts, "
+                          "so no cut keeps the parts equal")
+        splits.append((f"{op.detail} {op.location}", sorted(sorted(p) for p in parts)))
+    if not splits:
+        return None, None
+    if any(sorted(r for part in p for r in part) != list(range(size)) for _, p in splits):
+        return None, f"{splits[0][0]}: sees only some of these channels, so equal counts per part cannot be kept"
+    label: dict[int, tuple] = {}
+    for _, p in splits:
+        for j, part in enumerate(p):
+            for r in part:
+                label[r] = (*label.get(r, ()), j)
+    atoms: dict[tuple, list[int]] = {}
+    for r in sorted(label):
+        atoms.setdefault(label[r], []).append(r)
+    even = len({len(a) for a in atoms.values()}) == 1 and all(
+        len({sum(1 for key in atoms if key[i] == j) for j in range(len(p))}) == 1 for i, (_, p) in enumerate(splits))
+    if not even:
+        names = " and ".join(dict.fromkeys(n for n, _ in splits))
+        return None, f"{names} split these channels into parts that no equal-count cut fits"
+    return sorted(atoms.values()), None

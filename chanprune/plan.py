@@ -162,6 +162,6 @@ class PrunePlan:
                 keep = set(gp.keep)
                 counts = {sum(1 for r in part if r in keep) for part in g.partition}
                 if len(counts) > 1:
-                    raise PlanError(f"plan group {gp.name!r} feeds a grouped conv: it must keep equal "
-                                    f"channels in each of its {len(g.partition)} conv groups")
+                    raise PlanError(f"plan group {gp.name!r} feeds a grouped conv or a chunk: it must keep "
+                                    f"equal channels in each of its {len(g.partition)} parts")
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._channel_ops import ChannelBarrier, ChannelPart, ChannelSplit
 from .errors import PlanError
 from .graph import ChannelGraph, build_dependency_graph, find_groups
 from .plan import PrunePlan
@@ -178,7 +179,8 @@ def apply_plan_(model: nn.Module, plan: PrunePlan, example_inputs: torch.Tensor,
             entry = work.setdefault(key, [item.dep.target, item.dep, set()])
             entry[2].update(int(i) for i in item.idxs)
     dummy = (tp.ops._ElementWiseOp, tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp, tp.ops._OutputOp,
-             tp.ops._UnbindOp, tp.ops._ExpandOp, tp.ops._SliceOp)
+             tp.ops._UnbindOp, tp.ops._ExpandOp, tp.ops._SliceOp, ChannelBarrier, ChannelSplit,
+             ChannelPart)
     with torch.no_grad():
         for node, dep, idxs in work.values():
             target = node.module

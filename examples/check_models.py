@@ -12,7 +12,7 @@ from chanprune import build_model, check_model
 from chanprune.check import perturb_batchnorm_
 
 MODELS = [("resnet20", 32, None), ("resnet18", 64, None), ("mobilenet_v2", 64, None),
-          ("densenet121", 64, None), ("efficientnet_lite0", 64, "DEFAULT")]
+          ("densenet121", 64, None), ("efficientnet_lite0", 64, "DEFAULT"), ("shufflenet_v2_x0_5", 64, None)]
 
 
 def main():

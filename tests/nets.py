@@ -162,6 +162,85 @@ class PermuteLayerNorm(nn.Module):
         return self.fc((x + y).mean((2, 3)))
 
 
+def channel_shuffle(x, groups):
+    """ShuffleNetV2's shuffle, as torchvision writes it."""
+    b, c, h, w = x.shape
+    x = x.view(b, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(b, c, h, w)
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2 in small: a stride-2 block whose two branches both read the stem, then a stride-1
+    block that chunks the channels in two and transforms one half; each block concatenates and
+    shuffles. The shuffled channels stay ungated; the stem's and each branch's inner channels, and
+    the last conv's, are gated."""
+
+    def __init__(self, *, num_classes=5):
+        super().__init__()
+        self.stem = _cbr(3, 8)
+        self.left = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8), _cbr(8, 4, k=1))
+        self.right = nn.Sequential(_cbr(8, 6, k=1), nn.Conv2d(6, 6, 3, 2, 1, groups=6, bias=False), nn.BatchNorm2d(6),
+                                   _cbr(6, 4, k=1))
+        self.inner = nn.Sequential(_cbr(4, 6, k=1), nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False), nn.BatchNorm2d(6),
+                                   _cbr(6, 4, k=1))
+        self.last = _cbr(8, 12, k=1)
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
+        a, b = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat([a, self.inner(b)], 1), 2)
+        return self.fc(self.last(x).mean((2, 3)))
+
+
+class Chunk(nn.Module):
+    """A conv's channels chunked in two, as in YOLOv8's C2f: the second half goes through a conv and,
+    with the first, straight into the concatenation after it (one part read by two layers, one
+    layer reading both parts, in reverse order). A chunk splits whatever width it gets into equal
+    parts, so the conv keeps equal counts in both halves."""
+
+    def __init__(self, *, num_classes=5):
+        super().__init__()
+        self.stem = _cbr(3, 8)
+        self.b = _cbr(4, 6)
+        self.mix = _cbr(14, 8, k=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        return self.fc(self.mix(torch.cat([self.b(b), b, a], 1)).mean((2, 3)))
+
+
+class FixedSplit(nn.Module):
+    """A split whose sizes are written in the code: cutting the conv before it would change them."""
+
+    def __init__(self, *, num_classes=5):
+        super().__init__()
+        self.stem = _cbr(3, 8)
+        self.b = _cbr(5, 6)
+        self.fc = nn.Linear(3 + 6, num_classes)
+
+    def forward(self, x):
+        a, b = self.stem(x).split([3, 5], dim=1)
+        return self.fc(torch.cat([a, self.b(b)], 1).mean((2, 3)))
+
+
+class ModuleShuffle(nn.Module):
+    """torch's own `nn.ChannelShuffle` between two convs."""
+
+    def __init__(self, *, num_classes=5):
+        super().__init__()
+        self.a = _cbr(3, 8)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.b = _cbr(8, 6)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.b(self.shuffle(self.a(x))).mean((2, 3)))
+
+
 class HiddenMix(nn.Module):
     """Mixes channels with a functional op no module owns (centring over channels): gating at the
     consumers misses it, so the slim model cannot match. `check` must say NOT EXACT."""
@@ -182,7 +261,7 @@ class HiddenMix(nn.Module):
 NETS = {
     "chain": Chain, "residual": Residual, "concat": Concat, "depthwise": Depthwise, "grouped": Grouped,
     "flatten_head": FlattenHead, "conv_head": ConvHead, "squeeze_excite": SqueezeExcite,
-    "layer_scale": LayerScale, "permute_layernorm": PermuteLayerNorm,
+    "layer_scale": LayerScale, "permute_layernorm": PermuteLayerNorm, "shuffle": Shuffle, "chunk": Chunk,
 }
 
 

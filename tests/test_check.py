@@ -51,6 +51,18 @@ def test_check_pretrained_efficientnet_lite0():
     assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
 
 
+def test_check_shufflenet_gates_all_but_the_shuffled_channels():
+    """The shuffle interleaves the two branches' channels, so those stay ungated and are reported,
+    naming the shuffle; the first and last convs and each block's inner channels are cut exactly."""
+    r = run_check(build_model("shufflenet_v2_x0_5", num_classes=10), "shufflenet_v2_x0_5", 64)
+    assert r.exact, r
+    assert r.max_abs_diff <= 1e-5 + 1e-4 * 10 and r.onnx_max_abs_diff is not None
+    assert r.gated_flops_fraction >= 0.9
+    assert r.zero_width_groups == 1
+    assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
+    assert r.unsupported and all("channel shuffle in stage" in u["reason"] for u in r.unsupported)
+
+
 def test_check_reports_a_model_that_is_not_exact():
     from tests.nets import HiddenMix
 
@@ -68,8 +80,6 @@ def _torchvision_classifiers():
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 # What torch-pruning 1.6.1 cannot trace: check_model must refuse exactly these, with a reason.
 UNTRACEABLE = {
-    **dict.fromkeys(["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"],
-                    "ZeroDivisionError"),  # the channel shuffle
     # a TypeError inside its graph walk; swin_t and the swin_v2 models trace
     **dict.fromkeys(["swin_s", "swin_b"], "TypeError"),
 }
@@ -91,3 +101,6 @@ def test_check_every_torchvision_classifier(arch):
     r = run_check(build_model(arch, num_classes=10), arch, size)
     assert r.exact, r
     assert r.flops_predicted == pytest.approx(r.flops_slim, rel=5e-3)
+    if arch.startswith("shufflenet_"):  # only the shuffled channels stay ungated, and they are named
+        assert r.gated_flops_fraction >= 0.9
+        assert r.unsupported and all("channel shuffle in stage" in u["reason"] for u in r.unsupported)

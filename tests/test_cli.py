@@ -112,16 +112,36 @@ def test_user_factory_exact():
     assert json.loads(result.output)["exact"] is True
 
 
-def test_untraceable_exits_1():
+def test_shufflenet_exact_and_names_the_shuffle():
     result = invoke("check", "--arch", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32")
     assert_no_crash(result)
+    assert result.exit_code == 0, result.output
+    assert "EXACT" in result.output
+    assert any(line.strip().startswith("ungated") and "channel shuffle in stage2.0" in line
+               for line in result.output.splitlines())
+
+
+@pytest.fixture
+def untraceable(monkeypatch):
+    """torch-pruning failing to trace, as it did on ShuffleNetV2 (ZeroDivisionError)."""
+    from torch_pruning.dependency import index_mapping
+
+    def fail(graph):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(index_mapping, "update_index_mapping", fail)
+
+
+def test_untraceable_exits_1(untraceable):
+    result = invoke("check", "--arch", "tests.nets:chain", "--input-shape", "1,3,16,16")
+    assert_no_crash(result)
     assert result.exit_code == 1, result.output
-    assert any("NOT SUPPORTED" in line for line in result.output.splitlines())
+    assert any("NOT SUPPORTED" in line and "ZeroDivisionError" in line for line in result.output.splitlines())
     assert "Traceback" not in result.output
 
 
-def test_untraceable_json_exits_1():
-    result = invoke("check", "--arch", "shufflenet_v2_x0_5", "--input-shape", "1,3,32,32", "--json")
+def test_untraceable_json_exits_1(untraceable):
+    result = invoke("check", "--arch", "tests.nets:chain", "--input-shape", "1,3,16,16", "--json")
     assert_no_crash(result)
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)

@@ -90,9 +90,65 @@ def test_ignored_layers_stay_ungated():
         find_groups(nets.Chain().eval(), X, ignored=("nope",))
 
 
-def test_untraceable_model_is_reported():
-    with pytest.raises(UnsupportedModelError, match="could not trace"):
-        find_groups(build_model("shufflenet_v2_x0_5", num_classes=10), torch.randn(1, 3, 32, 32))
+def test_channel_shuffle_is_reported_by_name_and_branch_interiors_are_gated():
+    g = find_groups(nets.Shuffle().eval(), X)
+    # the convs that write the shuffled channels are reported, naming the shuffle
+    assert {u["name"] for u in g.unsupported} == {"left.2.0", "right.3.0", "inner.3.0"}
+    assert all(u["reason"].startswith("channel shuffle in the model's forward (view (2, 8, 8, 8) -> (2, 2, 4, 8, 8)")
+               for u in g.unsupported)
+    # what never crosses a shuffle is gated: the stem, each branch's inner channels, the last conv
+    assert sites(g, "stem.0") >= {("stem.0", "out"), ("left.0", "dw"), ("left.2.0", "in"), ("right.0.0", "in")}
+    inner = next(gr for gr in g.groups if ("inner.0.0", "out") in {(s.module, s.role) for s in gr.sites})
+    assert {(s.module, s.role) for s in inner.sites} >= {("inner.1", "dw"), ("inner.3.0", "in")}
+    assert len(g.groups) == 4 and "last.0" in {gr.name for gr in g.groups}
+
+
+def test_module_channel_shuffle_is_reported_by_name():
+    g = find_groups(nets.ModuleShuffle().eval(), X)
+    assert [u["name"] for u in g.unsupported] == ["a.0"]
+    assert g.unsupported[0]["reason"].startswith("channel shuffle in shuffle (channel_shuffle")
+    assert [gr.name for gr in g.groups] == ["b.0"]
+
+
+def test_chunk_parts_keep_equal_counts():
+    g = find_groups(nets.Chunk().eval(), X)
+    assert g.unsupported == []
+    stem = g.group("stem.0")
+    assert stem.partition == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    by_site = {(s.module, s.role): s for s in stem.sites}
+    # the second half feeds b, and both halves go into the concatenation after b's 6 channels
+    assert by_site[("b.0", "in")].root_idxs == [4, 5, 6, 7] and by_site[("b.0", "in")].layer_idxs == [0, 1, 2, 3]
+    mix = by_site[("mix.0", "in")]
+    assert dict(zip(mix.layer_idxs, mix.root_idxs)) == {6 + i: 4 + i for i in range(4)} | {10 + i: i for i in range(4)}
+    b = next(s for s in g.group("b.0").sites if s.module == "mix.0")
+    assert b.layer_idxs == list(range(6))
+
+
+def test_split_with_fixed_sizes_is_reported_by_name():
+    g = find_groups(nets.FixedSplit().eval(), X)
+    assert [u["name"] for u in g.unsupported] == ["stem.0"]
+    assert g.unsupported[0]["reason"].startswith("split of 8 channels into [3, 5] in the model's forward")
+    assert [gr.name for gr in g.groups] == ["b.0"]
+
+
+def test_shufflenet_groups_everything_but_the_shuffled_channels():
+    g = find_groups(build_model("shufflenet_v2_x0_5", num_classes=10), torch.randn(1, 3, 32, 32))
+    names = {gr.name for gr in g.groups}
+    assert {"conv1.0", "conv5.0"} <= names and len(names) == 18  # plus each block's inner channels
+    assert g.unsupported and all("channel shuffle in stage" in u["reason"] for u in g.unsupported)
+
+
+def test_untraceable_model_is_reported(monkeypatch):
+    """torch-pruning raised ZeroDivisionError on ShuffleNetV2 before chanprune knew shuffles; any
+    error of its tracing comes back as an UnsupportedModelError."""
+    from torch_pruning.dependency import index_mapping
+
+    def fail(graph):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(index_mapping, "update_index_mapping", fail)
+    with pytest.raises(UnsupportedModelError, match="could not trace .*ZeroDivisionError"):
+        find_groups(nets.Chain().eval(), X)
 
 
 def test_find_groups_keeps_training_mode():
