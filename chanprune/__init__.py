@@ -17,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from .artifacts import atomic_save, load_artifact
-from .check import CheckReport, check_model
+from .check import CheckReport, check_arch, check_list, check_model
 from .checkpoint import DenseCheckpoint, GatedCheckpoint
 from .cost import ChannelsCost, Cost, FlopsCost, list_costs, make_cost, register_cost
 from .cut import CutResult, cut
@@ -46,5 +46,5 @@ __all__ = [
     "atomic_save", "load_artifact", "load_slim", "save_slim",
     "export_onnx", "onnx_session", "run_onnx",
     "FlopReport", "count_flops", "count_params",
-    "CheckReport", "check_model",
+    "CheckReport", "check_arch", "check_list", "check_model",
 ]
