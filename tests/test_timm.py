@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm  # the [dev] extra installs it: a missing timm fails here, it is never skipped
 import torch
 from click.testing import CliRunner
 
@@ -18,7 +19,6 @@ from chanprune.errors import ArtifactError, UnknownArchError
 from chanprune.zoo import build_model, provider_for, saved_arch
 from chanprune_cli.main import main
 
-timm = pytest.importorskip("timm")
 REPO = Path(__file__).resolve().parents[1]
 
 
