@@ -115,7 +115,7 @@ class DenseCheckpoint:
               "input_shape": _shape(obj.get("input_shape"), path), "state_dict": _state_dict(obj.get("state_dict"), path),
               "data": obj.get("data"), "metrics": obj.get("metrics") or {}, "provenance": obj.get("provenance") or {},
               "saved": obj.get("saved") or "epoch"}
-        if "state" in obj:
+        if "optimizer" in obj:  # resumable; a shipped model may keep only a summary of its training
             kw["loop"] = LoopState.from_dict(obj, path)
         return kw
 

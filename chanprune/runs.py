@@ -130,6 +130,8 @@ def _resume_checkpoint(out: Path, cls, arch: str):
     ckpt = cls.load(out / "model.pt")
     if ckpt.arch != arch:
         raise ArtifactError(f"{out / 'model.pt'} holds a {ckpt.arch}, not a {arch}: --resume needs the same --arch")
+    if ckpt.loop is None and getattr(ckpt, "stage", None) != "done":
+        raise ArtifactError(f"{out / 'model.pt'} holds no training state to resume (optimizer, schedule, RNG)")
     return ckpt
 
 

@@ -83,3 +83,17 @@ def test_missing_data_lists_the_data_sets_and_how_to_get_fashion_mnist(tmp_path,
     assert "--data" in r.output and "digits" in r.output and "imagefolder:PATH" in r.output
     assert "apt-get install dataset-fashion-mnist" in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_the_shipped_baseline_loads_for_eval_and_as_weights():
+    """examples/fmnist_resnet20_baseline.pt keeps a summary of its training, not the optimizer."""
+    from pathlib import Path
+
+    from chanprune.checkpoint import DenseCheckpoint
+    from chanprune.load import load_dense
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "fmnist_resnet20_baseline.pt"
+    ckpt = DenseCheckpoint.load(path)
+    assert ckpt.arch == "resnet20" and ckpt.loop is None
+    model, _ = load_dense(path)
+    assert sum(p.numel() for p in model.parameters()) == 272474
