@@ -16,10 +16,11 @@ that ran it, and hands torch-pruning a graph in which:
   but never crosses it, and `graph.find_groups` reports every group that reaches one, naming the
   op. The channels that do not reach a shuffle (ShuffleNetV2's branch interiors, its first and
   last convs) are gated as usual;
-- a chunk has its traced part sizes and its outputs in order. A chunk whose parts each feed one
-  layer cuts exactly when every part keeps the same number of channels, which the group's
-  partition asks for (as it does for grouped convolutions). Splits with fixed sizes, and chunks
-  whose parts cannot be paired with the layers they feed, are barriers too.
+- a chunk or split is a `ChannelSplit` with its traced part sizes, and one `ChannelPart` node per
+  part between it and the layers that read that part (autograd's edges say which). A chunk cuts
+  exactly when every part keeps the same number of channels, which the group's partition asks for
+  (as it does for grouped convolutions). Splits with fixed sizes, unequal chunks, and chunks whose
+  parts cannot be told apart are barriers too.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ChannelOp", "ChannelBarrier", "channel_ops_graph"]
+__all__ = ["ChannelOp", "ChannelBarrier", "ChannelSplit", "ChannelPart", "channel_ops_graph"]
 
 _RESHAPES = {"view", "reshape", "flatten", "unflatten"}
 _SHUFFLES = {"channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle"}
