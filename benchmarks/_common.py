@@ -100,6 +100,8 @@ IMPORTANCE = {
     "magnitude": lambda tp: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),
     # DepGraph's group norm: L2 over every coupled layer of the group.
     "group-norm": lambda tp: tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
+    # Filter pruning via the geometric median (He et al. 2019), Torch-Pruning's defaults.
+    "fpgm": lambda tp: tp.importance.FPGMImportance(p=2),
 }
 
 

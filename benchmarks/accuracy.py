@@ -1,19 +1,31 @@
-"""Accuracy at matched FLOPs and the same training budget: chanprune against Torch-Pruning.
+"""Accuracy at matched cost and the same training budget: chanprune against Torch-Pruning.
 
-One baseline (Fashion-MNIST ResNet-20; the shipped examples/fmnist_resnet20_baseline.pt, or one
-trained here with `chanprune train` for another arch), then per seed and FLOPs target:
-  (a) chanprune: `chanprune learn --weights BASE --target t --epochs 1 --finetune-epochs 1`
-      (1 epoch learning gates and weights, 1 epoch fine-tuning under the frozen plan);
-  (b) Torch-Pruning MetaPruner, one shot from BASE, importance `magnitude` (L1 of each filter)
-      and `group-norm` (DepGraph's L2 over the coupled group), one ratio for every layer, bisected
-      to the FLOPs (fvcore) chanprune's slim model measured for the same seed and target, then
-      fine-tuned for 2 epochs with the same optimizer, learning rate and schedule as (a)'s weights.
-Accuracy after pruning is on the validation split (held out of training), final accuracy on the test
-split (10,000 images). Pairs share the seed (data order and validation split).
+One dense baseline per arch (ResNet-20: the shipped examples/fmnist_resnet20_baseline.pt; others
+trained here with `chanprune train` on all of Fashion-MNIST), then, per arch, target and seed, every
+method trains for the same number of epochs (`--epochs`, default 3) over the same fixed subset of
+the training data (`--limit`, default the first 12,000 images; 10% of them held out for validation);
+final accuracy is on the whole test split (10,000 images). Pairs share the seed (data order, split).
 
-    python benchmarks/accuracy.py [--arch resnet20] [--targets 0.5,0.25] [--seeds 0,1,2] [--out runs/bench/accuracy]
+Methods (`--methods`, comma-separated):
+  chanprune          `chanprune learn --weights BASE --target t --epochs E` with today's defaults:
+                     distillation from BASE, gates frozen when ready, the slim model fine-tuned for
+                     the rest of the budget with a one-cycle schedule.
+  cp-<ablation>      the default with one lever changed (ABLATIONS below).
+  tp-<crit>[+cp]     Torch-Pruning: MetaPruner one shot from BASE with importance <crit> (magnitude,
+                     group-norm, fpgm), one ratio for every layer, bisected to t x the dense FLOPs;
+                     then fine-tuned for E epochs. `tp-group-sl` regularises first (GroupNormPruner,
+                     reg 5e-4, its sparse learning) for a third of the budget, then prunes and
+                     fine-tunes for the rest.
+                     Recipes: plain = Torch-Pruning's documented one (SGD lr 0.01, wd 5e-4, x0.1 at
+                     60% and 80%); `+cp` = chanprune's (distillation from BASE, one-cycle at the
+                     learn default lr 0.02, wd 1e-4): it isolates the choice of channels.
+  <method>@wall      the same, fine-tuned for as long (wall time) as chanprune's run of that seed took.
 
-Rows go to benchmarks/results/accuracy.jsonl, one per (method, target, seed); rerunning skips them.
+    python benchmarks/accuracy.py --suite main       [--arch resnet20] [--targets 0.5,0.25] [--seeds 0,1,2]
+    python benchmarks/accuracy.py --suite ablations  (ResNet-20, t=0.5, seed 0)
+
+Rows go to benchmarks/results/accuracy.jsonl, one per (arch, setup, target, seed, method); rerunning
+skips them, so the grid resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -25,8 +37,19 @@ from pathlib import Path
 
 from _common import HERE, Rows, export, run_finished, run_stage, tp_prune_to_flops
 
-EPOCHS = 2  # training epochs after the baseline, for every method
-LR = 0.02  # the weights' learning rate in `chanprune learn` (its default), for every method
+EPOCHS = 3  # training epochs after the baseline, for every method
+LIMIT = 12000  # the first LIMIT Fashion-MNIST training images, for every method
+TP_METHODS = ["tp-magnitude", "tp-group-norm", "tp-fpgm", "tp-group-sl"]
+MAIN = ["chanprune"] + TP_METHODS + [m + "+cp" for m in TP_METHODS]
+ABLATIONS = {  # one lever each, against the new default
+    "cp-no-distill": ["--no-distill"],
+    "cp-fixed-split": ["@split"],  # learn a third of the budget, fine-tune the rest: no freeze-when-ready
+    "cp-cosine": ["--finetune-schedule", "cosine"],
+    "cp-gate-init-norm": ["--gate-init", "norm"],
+    "cp-anneal": ["--gate-temperature-final", "0.2"],
+    "cp-trainable-gate": ["--gate", "trainable"],
+    "cp-old-recipe": ["--no-distill", "@split", "--finetune-schedule", "cosine"],  # the recipe before this wave
+}
 
 
 def baseline(arch: str, out: Path, given: Path | None) -> Path:
@@ -36,92 +59,170 @@ def baseline(arch: str, out: Path, given: Path | None) -> Path:
     if shipped.is_file():
         return shipped
     run = out / f"baseline_{arch}"
-    run_stage(["train", "--arch", arch, "--data", "fashion-mnist", "--epochs", "8", "--seed", "0"], run,
+    run_stage(["train", "--arch", arch, "--data", "fashion-mnist", "--epochs", "4", "--seed", "0"], run,
               done=run_finished(run))
     return run / "model.pt"
 
 
-def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, out: Path) -> dict:
-    key = f"{arch}/t{t}/s{seed}/chanprune"
+def setup_tag(limit: int, epochs: int) -> str:
+    return f"L{limit}-e{epochs}"
+
+
+def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
+    tag = setup_tag(a.limit, a.epochs)
+    key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
     if key in rows:
         return rows.get(key)
     from chanprune.evaluate import eval_model
 
-    run = out / f"{arch}_t{t}_s{seed}_chanprune"
-    args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--target", str(t),
-            "--epochs", str(EPOCHS - 1), "--finetune-epochs", "1", "--calibrate-bn", "100", "--lr", str(LR),
-            "--seed", str(seed)]
+    extra = [] if method == "chanprune" else list(ABLATIONS[method])
+    epochs = ["--epochs", str(a.epochs)]
+    if "@split" in extra:
+        extra.remove("@split")
+        learn = max(1, a.epochs // 3)
+        epochs = ["--epochs", str(learn), "--finetune-epochs", str(a.epochs - learn)]
+    run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
+    args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
+            "--target", str(t), *epochs, "--seed", str(seed), *extra]
     t0 = time.perf_counter()
     run_stage(args, run, done=run_finished(run))
     seconds = time.perf_counter() - t0
-    slim = export(run / "model.pt", run / "slim")
+    slim = export(run / "model.pt", run / "slim", "--no-onnx")
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     learned = [h for h in hist if "cost_ratio_at_tau" in h]
+    import torch
+
+    frozen = torch.load(run / "model.pt", weights_only=True).get("frozen") or {}
     return rows.add({
-        "key": key, "arch": arch, "target": t, "seed": seed, "method": "chanprune",
+        "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
         "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
-        "val_after_pruning": learned[-1]["val_accuracy"], "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
+        "val_after_pruning": learned[-1]["val_accuracy"],
+        "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
-        "polarized": learned[-1]["polarized"], "epochs": EPOCHS,
+        "polarized": learned[-1]["polarized"], "frozen": {k: frozen.get(k) for k in ("reason", "steps", "finetune_steps")},
+        "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact"),
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
     })
 
 
-def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, importance: str, flops_ratio: float,
-                  out: Path) -> dict:
-    key = f"{arch}/t{t}/s{seed}/tp-{importance}"
+def _recipe(name: str, seed: int, epochs: int, max_steps: int | None = None):
+    from chanprune.learn import TrainConfig
+
+    if name == "cp":  # chanprune's fine-tuning recipe (learn's defaults)
+        return TrainConfig(epochs=epochs, lr=0.02, weight_decay=1e-4, schedule="onecycle", seed=seed,
+                           max_steps=max_steps)
+    # Torch-Pruning's documented fine-tuning (benchmarks/main.py: lr 0.01, wd 5e-4, milestones 60%/80%)
+    return TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, schedule="step", seed=seed, max_steps=max_steps)
+
+
+def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
+    tag = setup_tag(a.limit, a.epochs)
+    key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
     if key in rows:
         return rows.get(key)
     import torch
 
     from chanprune.artifacts import load_artifact
-    from chanprune.checkpoint import DenseCheckpoint
-    from chanprune.checkpointer import Checkpointer
     from chanprune.learn import TrainConfig, evaluate, fit
     from chanprune.measure.flops import count_flops, count_params
+    from chanprune.objective import Distill
     from chanprune.runs import _setup
 
+    name, _, wall = method.partition("@")
+    crit, _, recipe = name[len("tp-"):].partition("+")
+    recipe = recipe or "tp"
     ckpt = load_artifact(base, "chanprune.dense/1")
     model, bundle, _, _, shape = _setup(arch, "fashion-mnist", weights=None, num_classes=None, in_channels=None,
-                                        image_size=None, seed=seed, limit=None, saved_kwargs=ckpt["build_kwargs"])
+                                        image_size=None, seed=seed, limit=a.limit, saved_kwargs=ckpt["build_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
+    teacher = copy.deepcopy(model).eval()
+    distill = Distill(teacher) if recipe == "cp" else None
     x = torch.zeros(shape)
     dense_flops = count_flops(model, x).total
+    steps_per_epoch = bundle.train.num_batches(128)
+    budget = a.epochs * steps_per_epoch
+    if wall:  # as long as chanprune's run of this seed took, at this method's own speed per step
+        ref = rows.get(f"{arch}/{tag}/t{t}/s{seed}/chanprune")
+        own = rows.get(f"{arch}/{tag}/t{t}/s{seed}/{name}")
+        if ref is None or own is None:
+            raise SystemExit(f"{method} needs the rows of chanprune and {name} for seed {seed} first")
+        budget = int(budget * ref["train_seconds"] / own["train_seconds"])
     t0 = time.perf_counter()
-    pruned, ratio, flops = tp_prune_to_flops(lambda: copy.deepcopy(model).eval(), x, int(flops_ratio * dense_flops),
-                                             importance=importance)
+    sparse_steps = 0
+    if crit == "group-sl":  # regularise (GroupNormPruner's sparse learning), then prune, in the same budget
+        sparse_steps = budget // 3
+        _sparse_learning(model, bundle, x, sparse_steps, seed, distill)
+        crit_name = "group-norm"
+    else:
+        crit_name = crit
+    pruned, ratio, flops = tp_prune_to_flops(lambda: copy.deepcopy(model).eval(), x, int(t * dense_flops),
+                                             importance=crit_name)
     after = evaluate(pruned, bundle.val)["accuracy"]
-    run = out / f"{arch}_t{t}_s{seed}_tp-{importance}"
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "metrics.jsonl").unlink(missing_ok=True)
     for p in pruned.parameters():
         p.requires_grad_(True)
-    # the checkpoint names the arch it was pruned from; a torch-pruning model cannot be rebuilt from it
-    template = DenseCheckpoint(arch, ckpt["build_kwargs"], shape, {}, data="fashion-mnist")
-    state = fit(pruned, bundle.train, bundle.val, TrainConfig(epochs=EPOCHS, lr=LR, seed=seed),
-                checkpointer=Checkpointer(run, template))
+    ft_steps = budget - sparse_steps
+    state = fit(pruned, bundle.train, bundle.val, _recipe(recipe, seed, -(-ft_steps // steps_per_epoch), ft_steps),
+                distill=distill)
     seconds = time.perf_counter() - t0
     return rows.add({
-        "key": key, "arch": arch, "target": t, "seed": seed, "method": f"tp-{importance}",
+        "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
         "pruning_ratio": ratio, "flops_ratio": flops / dense_flops, "params_slim": count_params(pruned),
         "val_after_pruning": after, "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in state.history), 1), "wall_seconds": round(seconds, 1),
-        "epochs": EPOCHS, "command": f"python benchmarks/accuracy.py --arch {arch} --targets {t} --seeds {seed}",
+        "steps": budget, "epochs": a.epochs, "limit": a.limit,
+        "command": f"python benchmarks/accuracy.py --arch {arch} --targets {t} --seeds {seed} --methods {method}",
     })
+
+
+def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
+    """Torch-Pruning's group sparse learning: train with `pruner.regularize` (reg 5e-4) added to the
+    gradients (its benchmarks/main.py), at its sparse-learning lr 0.01."""
+    import torch
+    import torch_pruning as tp
+
+    from _common import head_layers
+    from chanprune.objective import task_loss
+
+    pruner = tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                       pruning_ratio=0.5, ignored_layers=head_layers(model), reg=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    torch.manual_seed(seed)
+    model.train()
+    done = 0
+    epoch = 0
+    while done < steps:
+        for xb, yb in bundle.train.batches(128, shuffle=True, seed=seed, epoch=epoch):
+            loss, _ = task_loss(model(xb), yb, xb, distill)
+            opt.zero_grad()
+            loss.backward()
+            pruner.regularize(model)
+            opt.step()
+            done += 1
+            if done >= steps:
+                break
+        epoch += 1
+    model.eval()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=["main", "ablations"], default="main")
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--baseline", type=Path, default=None, help="A dense model.pt (default: shipped, or trained here).")
-    ap.add_argument("--targets", default="0.5,0.25")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default="magnitude,group-norm", help="Torch-Pruning importances to compare.")
+    ap.add_argument("--targets", default=None, help="Default: 0.5,0.25 (main), 0.5 (ablations).")
+    ap.add_argument("--seeds", default=None, help="Default: 0,1,2 (main), 0 (ablations).")
+    ap.add_argument("--methods", default=None, help="Default: the suite's.")
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--limit", type=int, default=LIMIT)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
+    main_suite = a.suite == "main"
+    targets = [float(s) for s in (a.targets or ("0.5,0.25" if main_suite else "0.5")).split(",")]
+    seeds = [int(s) for s in (a.seeds or ("0,1,2" if main_suite else "0")).split(",")]
+    methods = (a.methods or ",".join(MAIN if main_suite else ["chanprune", *ABLATIONS])).split(",")
     rows = Rows("accuracy")
     base = baseline(a.arch, a.out, a.baseline)
     key = f"{a.arch}/baseline"
@@ -130,14 +231,13 @@ def main():
 
         rows.add({"key": key, "arch": a.arch, "method": "baseline", "baseline": str(base),
                   "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
-    for seed in [int(s) for s in a.seeds.split(",")]:
-        for t in [float(s) for s in a.targets.split(",")]:
-            ref = ours(rows, a.arch, base, t, seed, a.out)
-            for imp in a.methods.split(","):
-                torch_pruning(rows, a.arch, base, t, seed, imp, ref["flops_ratio"], a.out)
-            for r in [rows.get(f"{a.arch}/t{t}/s{seed}/{m}") for m in ["chanprune"] + [f"tp-{i}" for i in a.methods.split(",")]]:
-                print(f"{r['method']:<15} t={t} seed {seed}: FLOPs {r['flops_ratio']:.3f}  after pruning (val) "
-                      f"{r['val_after_pruning']:.4f}  test {r['test_accuracy']:.4f}  {r['wall_seconds']:.0f} s", flush=True)
+    for seed in seeds:
+        for t in targets:
+            for m in methods:
+                r = (torch_pruning if m.startswith("tp-") else ours)(rows, a.arch, base, t, seed, m, a)
+                print(f"{r['method']:<22} t={t} seed {seed}: FLOPs {r['flops_ratio']:.3f}  after pruning (val) "
+                      f"{r['val_after_pruning']:.4f}  test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def learn(rows: Rows, arch: str, t: float, run: Path) -> dict:
     key = f"learn/{arch}/t{t}"
     args = ["learn", "--arch", arch, "--data", "fashion-mnist", "--target", str(t), "--seed", "0",
             "--image-size", str(LEARN["image_size"]), "--limit", str(LEARN["limit"]),
-            "--batch-size", str(LEARN["batch_size"]), "--epochs", str(LEARN["epochs"]), "--lr", str(LEARN["lr"])]
+            "--batch-size", str(LEARN["batch_size"]), "--epochs", str(LEARN["epochs"]), "--lr", str(LEARN["lr"]),
+            "--finetune-epochs", "0"]  # plans only: learn for the whole budget
     t0 = time.perf_counter()
     run_stage(args, run, done=key in rows or run_finished(run))
     if key in rows:

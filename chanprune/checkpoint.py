@@ -39,6 +39,7 @@ class LoopState:
     optimizer: list[dict] = field(default_factory=list)
     scheduler: list[dict] = field(default_factory=list)
     rng: dict = field(default_factory=dict)
+    stopped: str | None = None  # why the loop ended before its budget (not saved: a stage change follows)
 
     def to_dict(self) -> dict:
         return {"state": {"epoch": self.epoch, "step": self.step, "history": self.history, "best": self.best,
@@ -152,12 +153,15 @@ class GatedCheckpoint(DenseCheckpoint):
     plan: PrunePlan | None = None  # the frozen plan, from the moment fine-tuning starts
     learn_history: list[dict] = field(default_factory=list)  # learning's epochs, kept through fine-tuning
     result: dict | None = None  # the final figures, once stage is "done"
+    frozen: dict | None = None  # when and why the gates froze: reason, steps learned, cost and polarization then
+
 
     @property
     def tuned_for_plan(self) -> bool:
         """Whether the weights were adapted to the stored plan (fine-tuned or BN-recalibrated under it)."""
         cfg = self.learn_config
-        return self.plan is not None and bool(cfg.get("finetune_epochs") or cfg.get("calibrate_bn"))
+        tuned = (self.frozen or {}).get("finetune_steps") or cfg.get("finetune_epochs") or cfg.get("calibrate_bn")
+        return self.plan is not None and bool(tuned)
 
     @classmethod
     def from_dict(cls, obj: dict, path: str | os.PathLike = "<checkpoint>") -> "GatedCheckpoint":
@@ -188,7 +192,8 @@ class GatedCheckpoint(DenseCheckpoint):
                    gate={"kind": gate["kind"], "config": dict(gate.get("config") or {})},
                    gate_state=_state_dict(obj.get("gate_state"), path, "gate_state"), cost=dict(cost),
                    ignore=list(obj.get("ignore") or []), group_names=names, group_sizes=sizes, plan=plan,
-                   learn_history=list(obj.get("learn_history") or []), result=obj.get("result"))
+                   learn_history=list(obj.get("learn_history") or []), result=obj.get("result"),
+                   frozen=obj.get("frozen") if isinstance(obj.get("frozen"), dict) else None)
 
 
 def _upgrade_v1(obj: dict) -> dict:

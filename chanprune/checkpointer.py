@@ -28,8 +28,11 @@ class Interrupted(Exception):
 class Checkpointer:
     """Saves `template` with the live weights, gates and loop state into `out/model.pt` (rank 0 only)."""
 
-    def __init__(self, out: str | Path, template: DenseCheckpoint, *, rank: int = 0):
+    def __init__(self, out: str | Path, template: DenseCheckpoint, *, rank: int = 0, state_fn=None):
+        """`state_fn(model)` gives the state dict to store (default `model.state_dict()`): a slim
+        model being fine-tuned stores its gated twin's (`cut.SlimTwin.full_state`)."""
         self.out, self.template, self.rank = Path(out), template, rank
+        self.state_fn = state_fn or (lambda m: m.state_dict())
         self.interrupted = False
         if rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ class Checkpointer:
         loop.optimizer = [o.state_dict() for o in opts]
         loop.scheduler = [s.state_dict() for s in scheds]
         loop.rng = {"torch": torch.get_rng_state()}  # only torch's generator drives training
-        changes = {"state_dict": model.state_dict(), "loop": loop, "saved": tag, "provenance": provenance(seed),
+        changes = {"state_dict": self.state_fn(model), "loop": loop, "saved": tag, "provenance": provenance(seed),
                    "metrics": loop.history[-1] if loop.history else {}}
         if isinstance(self.template, GatedCheckpoint) and gates is not None:
             changes["gate_state"] = gates.state_dict()

@@ -19,7 +19,7 @@ from .graph import ChannelGraph
 from .plan import PrunePlan
 from .surgery import apply_plan_
 
-__all__ = ["CutResult", "cut"]
+__all__ = ["CutResult", "cut", "SlimTwin"]
 
 
 @dataclass
@@ -62,3 +62,63 @@ def cut(model: nn.Module, graph: ChannelGraph, plan: PrunePlan, inputs: torch.Te
     diff = max_abs_diff(y_slim, y_gated)
     exact = within_tolerance(diff, float(y_gated.abs().max()), atol=atol, rtol=rtol)
     return CutResult(slim, plan, inputs, y_gated, y_slim, diff, exact, {"atol": atol, "rtol": rtol})
+
+
+class SlimTwin:
+    """A slim model cut from a gated model, whose weights can be written back into it.
+
+    Fine-tuning under a frozen plan changes only what the plan keeps, so it can run on the slim
+    model (cheaper per step) while the gated model stays the source of truth: `write_back_()` puts
+    every slim weight and statistic where it came from, and the gated model, frozen under the plan,
+    computes what the slim one does. Where each slim value came from is traced once, by cutting a
+    float64 copy whose entries hold their own flat positions (the surgeon only selects entries).
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, plan: PrunePlan, inputs: torch.Tensor):
+        self.model, self.plan = model, plan
+        self.slim = apply_plan_(copy.deepcopy(model), plan, inputs[:1], graph=graph)
+        self.origins = self._trace(model, graph, plan, inputs[:1])
+
+    @staticmethod
+    def _trace(model, graph, plan, x) -> dict[str, tuple[str, torch.Tensor]]:
+        probe = copy.deepcopy(model).double()
+        full = {k: v for k, v in probe.state_dict().items() if v.is_floating_point()}
+        names, offsets, n = [], [], 0
+        with torch.no_grad():
+            for k, v in full.items():
+                v.copy_(torch.arange(n, n + v.numel(), dtype=torch.float64).view_as(v))
+                names.append(k)
+                offsets.append(n)
+                n += v.numel()
+            cut_probe = apply_plan_(probe, plan, x.double(), graph=graph)
+        starts = torch.tensor(offsets, dtype=torch.float64)
+        origins = {}
+        for k, v in cut_probe.state_dict().items():
+            if not v.is_floating_point():
+                continue
+            ids = v.flatten()
+            if ids.numel() == 0:
+                continue
+            owner = int(torch.searchsorted(starts, ids[:1], right=True)[0]) - 1
+            local = ids - starts[owner]
+            src = full[names[owner]]
+            if (ids != ids.round()).any() or local.min() < 0 or local.max() >= src.numel():
+                raise ValueError(f"slim {k!r} is not a selection of one gated tensor")
+            origins[k] = (names[owner], local.long())
+        return origins
+
+    @torch.no_grad()
+    def write_back_(self) -> nn.Module:
+        """Copy the slim model's weights and statistics into the gated model; returns it."""
+        dst = self.model.state_dict()
+        src = self.slim.state_dict()
+        for k, (name, idx) in self.origins.items():
+            dst[name].view(-1)[idx] = src[k].flatten().to(dst[name].dtype)
+        for k, v in src.items():
+            if not v.is_floating_point() and k in dst and dst[k].shape == v.shape:
+                dst[k].copy_(v)  # e.g. batch norm's num_batches_tracked
+        return self.model
+
+    def full_state(self, _slim: nn.Module | None = None) -> dict:
+        """The gated model's state dict with the slim weights written back (for checkpoints)."""
+        return self.write_back_().state_dict()

@@ -48,6 +48,9 @@ class Gate(nn.Module):
     def config(self) -> dict:
         return {}
 
+    def init_from_scores_(self, scores: torch.Tensor) -> None:
+        """Start from an importance score per channel (higher: keep); kinds that cannot, ignore it."""
+
     def mask(self, mode: str, *, batch: int = 1, tau: float = 0.5) -> torch.Tensor:
         """The mask in inference mode `mode`: (1, C) for "threshold", (batch, C) for "stochastic"."""
         if mode == "threshold":
@@ -100,6 +103,16 @@ class GumbelGate(Gate):
 
     def config(self) -> dict:
         return {"init": list(self.init), "temperature": self.temperature}
+
+    @torch.no_grad()
+    def init_from_scores_(self, scores: torch.Tensor, *, spread: float = 1.0) -> None:
+        """Logit gap w1 - w0 = the authors' gap + `spread` x the z-score of log(score) in the group:
+        still nearly open on average, the least important channels closest to the threshold."""
+        s = torch.log(scores.float().clamp_min(1e-12))
+        z = (s - s.mean()) / s.std().clamp_min(1e-6) if s.numel() > 1 else torch.zeros_like(s)
+        gap = (self.init[1] - self.init[0]) + spread * z.clamp(-3, 3)
+        self.logits[:, 0] = self.init[0]
+        self.logits[:, 1] = self.init[0] + gap.to(self.logits.device)
 
 
 class GateSet(nn.Module):

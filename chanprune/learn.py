@@ -23,9 +23,12 @@ from .data import Split
 from .errors import ChanpruneError
 from .freeze import polarization
 from .gates import GateSet
-from .objective import BudgetObjective, CrossEntropy
+from .objective import BudgetObjective, CrossEntropy, Distill
 
-__all__ = ["TrainConfig", "LearnConfig", "fit", "train_step", "evaluate", "calibrate_bn_", "TrainingError"]
+__all__ = ["TrainConfig", "LearnConfig", "fit", "train_step", "evaluate", "calibrate_bn_", "TrainingError", "gate_metrics",
+           "SCHEDULES"]
+
+SCHEDULES = ("cosine", "onecycle", "step")
 
 
 class TrainingError(ChanpruneError):
@@ -40,6 +43,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
+    # The weights' learning-rate schedule over the run's steps: "cosine" (to 0), "onecycle" (a 25%
+    # warm-up to `lr`, then cosine down to lr/1e4; Smith 2018) or "step" (x0.1 at 60% and 80%:
+    # Torch-Pruning's fine-tuning recipe).
+    schedule: str = "cosine"
+    max_steps: int | None = None  # stop after this many steps in all (the last epoch is cut short)
 
 
 @dataclass
@@ -53,8 +61,23 @@ class LearnConfig(TrainConfig):
     lr: float = 0.02  # the weights are pretrained: fine-tune gently
     tau: float = 0.5
     min_keep: int = 0
-    finetune_epochs: int = 0
+    # None: `epochs` is the whole budget; the gates freeze when ready (polarized and the cost at tau
+    # within `ready_tolerance` of the target for `ready_window` steps; at the latest after
+    # `max_learn_share` of the budget) and the cut, slim model is fine-tuned for the rest.
+    # An integer: learn for `epochs`, then fine-tune for this many epochs (0: none).
+    finetune_epochs: int | None = None
+    ready_window: int = 50
+    ready_tolerance: float = 0.02
+    max_learn_share: float = 0.5
+    finetune_lr: float | None = None  # None: `lr`
+    finetune_schedule: str = "onecycle"
     calibrate_bn: int = 0
+    distill: bool | None = None  # None: on when the run starts from weights (the teacher)
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.5
+    teacher: str | None = None  # the weights the teacher was built from (recorded by `learn_run`)
+    gate_init: str = "uniform"  # "uniform" (the authors' logits) or "norm" (from the weights' group norm)
+    gate_temperature_final: float | None = None  # anneal the Gumbel temperature to this over the learning
 
 
 @torch.no_grad()
@@ -106,7 +129,7 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, opts
                gates: GateSet | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One optimizer step; returns (logits, loss, the objective's figures) for the bookkeeping."""
     logits = net(x)
-    loss, stats = objective(logits, y, gates.current() if gates is not None else None)
+    loss, stats = objective(logits, y, gates.current() if gates is not None else None, inputs=x)
     if not torch.isfinite(loss):
         raise TrainingError(f"the loss became {loss.item()}; lower --lr (the last good checkpoint is kept)")
     for o in opts:
@@ -131,21 +154,37 @@ def _optimizers(model: nn.Module, gates: GateSet | None, config: TrainConfig, to
         n_gates = sum(g.num_channels for g in gates.gates)
         opts.append(torch.optim.Adam(gates.parameters(), lr=config.gate_lr,
                                      weight_decay=config.weight_decay * 20 / max(n_gates, 1)))
-    # Cosine for the weights; the gates keep their step size, so they go on polarizing to the end.
-    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(opts[0], T_max=max(1, total_steps))]
+    # The weights follow `config.schedule`; the gates keep their step size, so they go on polarizing.
+    scheds = [_schedule(opts[0], config.schedule, max(1, total_steps))]
     scheds += [torch.optim.lr_scheduler.ConstantLR(o, factor=1.0) for o in opts[1:]]
     return opts, scheds
+
+
+def _schedule(opt: torch.optim.Optimizer, name: str, total: int):
+    S = torch.optim.lr_scheduler
+    if name == "cosine":
+        return S.CosineAnnealingLR(opt, T_max=total)
+    if name == "onecycle":
+        return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total + 1, pct_start=0.25,
+                            div_factor=25.0, final_div_factor=1e4 / 25.0, cycle_momentum=False)
+    if name == "step":
+        return S.MultiStepLR(opt, milestones=[int(0.6 * total), int(0.8 * total)], gamma=0.1)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
 def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfig, *,
         checkpointer: Checkpointer | None = None, gates: GateSet | None = None, cost: Cost | None = None,
         resume: LoopState | None = None, earlier_rows: list[dict] = (),
         progress: Callable[[str, dict], None] | None = None, device: str = "cpu", rank: int = 0, world: int = 1,
-        wrapped: nn.Module | None = None) -> LoopState:
+        wrapped: nn.Module | None = None, distill: Distill | None = None,
+        stop_when: Callable[[int], str | None] | None = None) -> LoopState:
     """Train `model` (and `gates` under `cost`'s budget when both are given, with `config` a LearnConfig).
 
     With a `checkpointer`, `model.pt` is written every epoch and on SIGINT and `metrics.jsonl` grows by
     one row per epoch; `resume` (a checkpoint's loop state) continues exactly where it stopped.
+    `distill` mixes a teacher's term into the loss. `stop_when(steps_done)` is asked after every
+    step; a reason ends training there (the partial epoch is validated and logged, and the reason
+    is `loop.stopped`).
     """
     learning = gates is not None
     if learning and cost is None:
@@ -153,9 +192,13 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     train_net = wrapped or model
     torch.manual_seed(config.seed + rank)
     steps_per_epoch = data_train.num_batches(config.batch_size, world)
-    opts, scheds = _optimizers(model, gates, config, config.epochs * steps_per_epoch)
-    objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=config.lam_rate) if learning
-                 else CrossEntropy())
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    opts, scheds = _optimizers(model, gates, config, total_steps)
+    objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=config.lam_rate, distill=distill)
+                 if learning else CrossEntropy(distill))
+    anneal = _annealer(gates, config, total_steps) if learning else None
     loop = LoopState(lam=getattr(config, "lam", 0.0))
     if resume is not None:
         loop = resume
@@ -176,13 +219,18 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     guard = checkpointer.catching_sigint() if checkpointer is not None else contextlib.nullcontext()
     try:
         with guard:
-            while loop.epoch < config.epochs:
+            while loop.epoch < config.epochs and loop.stopped is None:
+                if loop.epoch * steps_per_epoch + loop.step >= total_steps:
+                    break
                 train_net.train()
                 t0 = time.perf_counter()
                 sums = {"loss": 0.0, "ce": 0.0, "rate": 0.0, "correct": 0, "n": 0}
                 for x, y in data_train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=loop.epoch,
                                                skip=loop.step, rank=rank, world=world):
                     x, y = x.to(device), y.to(device)
+                    done = loop.epoch * steps_per_epoch + loop.step
+                    if anneal is not None:
+                        anneal(done)
                     try:
                         logits, loss, stats = train_step(train_net, x, y, objective, opts, scheds, gates)
                     except TrainingError as e:
@@ -200,14 +248,21 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                                           **({"rate": sums["rate"] / sums["n"]} if learning else {})})
                     if checkpointer is not None and checkpointer.interrupted:
                         raise Interrupted()
+                    done += 1
+                    if stop_when is not None:
+                        loop.stopped = stop_when(done)
+                    if loop.stopped is not None or done >= total_steps:
+                        break
                 n = max(sums["n"], 1)
                 row = {"epoch": loop.epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
                        "train_acc": sums["correct"] / n, "epoch_seconds": time.perf_counter() - t0,
-                       "lr": scheds[0].get_last_lr()[0]}
+                       "lr": scheds[0].get_last_lr()[0], "steps": loop.step}
+                if loop.stopped is not None:
+                    row["stopped"] = loop.stopped
                 if learning:
                     row["train_rate"] = sums["rate"] / n
                     row["lambda"] = objective.lam
-                    row.update(_gate_metrics(gates, cost, config))
+                    row.update(gate_metrics(gates, cost, config))
                 row.update({f"val_{k}": v for k, v in evaluate(train_net, data_val, device=device).items()
                             if k != "count"})
                 loop.epoch += 1
@@ -228,7 +283,24 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     return loop
 
 
-def _gate_metrics(gates: GateSet, cost: Cost, config: LearnConfig) -> dict:
+def _annealer(gates: GateSet, config: LearnConfig, total_steps: int):
+    """Anneal every gate's temperature geometrically from its own to `gate_temperature_final`
+    over the learning steps (those up to `max_learn_share` of them when the gates freeze when ready)."""
+    final = getattr(config, "gate_temperature_final", None)
+    if final is None:
+        return None
+    start = [float(g.temperature) for g in gates.gates]
+    span = max(1, int(total_steps * (config.max_learn_share if config.finetune_epochs is None else 1.0)))
+
+    def anneal(step: int) -> None:
+        f = min(1.0, step / span)
+        for g, t0 in zip(gates.gates, start):
+            g.temperature = t0 * (final / t0) ** f
+
+    return anneal
+
+
+def gate_metrics(gates: GateSet, cost: Cost, config: LearnConfig) -> dict:
     probs = gates.probs()
     masks = [(p > config.tau).float().detach() for p in probs]
     return {"polarized": polarization(probs).polarized, "kept_channels": int(sum(m.sum().item() for m in masks)),

@@ -5,6 +5,7 @@ writes over an existing one (`prepare_run_dir`), and `resume=True` continues the
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import asdict
@@ -15,15 +16,18 @@ import torch
 from torch import nn
 
 from .artifacts import DENSE_FORMAT, _safe_torch_load, check_format
-from .checkpoint import DenseCheckpoint, GatedCheckpoint
+from .checkpoint import DenseCheckpoint, GatedCheckpoint, LoopState
 from .checkpointer import Checkpointer
+from .cut import SlimTwin
 from .cost import list_costs, make_cost
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze, polarization
 from .gates import GateSet, list_gates
 from .graph import find_groups
-from .learn import LearnConfig, TrainConfig, calibrate_bn_, evaluate, fit
+from .importance import group_norm
+from .learn import LearnConfig, TrainConfig, gate_metrics, calibrate_bn_, evaluate, fit
+from .objective import Distill
 from .load import GatedModel, resolve_checkpoint
 from .plan import PrunePlan
 from .zoo import build_model, provider_for
@@ -180,10 +184,14 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
               num_classes: int | None = None, in_channels: int | None = None, image_size: int | None = None,
               ignore: tuple[str, ...] = (), device: str = "cpu", resume: bool = False, limit: int | None = None,
               progress: Progress | None = None) -> dict:
-    """Learn gates under the budget; then freeze, optionally fine-tune and recalibrate BN.
+    """Learn gates under the budget; then freeze, fine-tune and optionally recalibrate BN.
 
     RUN/model.pt goes through the stages "learn", "finetune" (the frozen plan is stored from here
-    on: export deploys it) and "done"; `resume` continues from any of them."""
+    on: export deploys it) and "done"; `resume` continues from any of them. With
+    `config.finetune_epochs` None, `config.epochs` is the whole budget: the gates freeze when ready
+    and the slim model is fine-tuned for the steps left (`_Readiness`). Fine-tuning runs on the cut
+    model (`cut.SlimTwin`) and writes its weights back, so the checkpoint stays the gated model.
+    With weights to start from, the dense model is the teacher of both phases (`config.distill`)."""
     device = _check_device(device)
     if config.budget not in list_costs():
         raise ChanpruneError(f"--budget {config.budget!r}: unknown cost; choose one of {', '.join(list_costs())}")
@@ -193,10 +201,25 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         out = default_run_dir("learn", f"{arch}-t{config.target:g}", resume=resume)
     out = prepare_run_dir(out, resume=resume)
     rank, world = _distributed(device)
+    ckpt = _resume_checkpoint(out, GatedCheckpoint, arch) if resume else None
+    if ckpt is not None and ckpt.stage == "done":
+        if progress:
+            progress("done", ckpt.result or {})
+        return {"run": str(out), "model": str(out / "model.pt"), "already_complete": True, **(ckpt.result or {})}
+    if ckpt is not None:
+        stored = ckpt.learn_config
+        if weights is None and stored.get("distill") and stored.get("teacher"):
+            weights = stored["teacher"]  # the teacher is rebuilt from the weights the run started from
     weights, saved_kwargs = _load_weights_arg(weights, arch)
     model, bundle, classes, channels, shape = _setup(arch, data, weights=weights, num_classes=num_classes,
                                                      in_channels=in_channels, image_size=image_size,
                                                      seed=config.seed, limit=limit, saved_kwargs=saved_kwargs)
+    config = dataclasses.replace(config, distill=bool(weights) if config.distill is None else config.distill,
+                                 teacher=str(weights) if weights else None)
+    if config.distill and not weights:
+        raise ChanpruneError("--distill needs --weights: the dense model it starts from is the teacher")
+    distill = (Distill(copy.deepcopy(model).to(device), temperature=config.distill_temperature,
+                       weight=config.distill_weight) if config.distill else None)
     x = torch.zeros(shape)
     graph = find_groups(model, x, ignored=ignore)
     if not graph.groups:
@@ -207,42 +230,71 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     if config.target < floor + 0.01:
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
+    gates = GateSet(graph, kind=config.gate, tau=config.tau)
+    if config.gate_init == "norm" and ckpt is None:
+        for g, s in zip(gates.gates, group_norm(model, graph, x)):
+            g.init_from_scores_(s)
+    elif config.gate_init not in ("uniform", "norm"):
+        raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
     model.to(device)
-    gates = GateSet(graph, kind=config.gate, tau=config.tau).to(device).attach_(model)
+    gates.to(device).attach_(model)
     template = GatedCheckpoint(
         arch, {"num_classes": classes, "in_channels": channels}, shape, {}, data=data, config=asdict(config),
         stage="learn", learn_config=asdict(config), gate={"kind": gates.kind, "config": gates.config},
         cost=cost.describe(), ignore=list(ignore), group_names=[g.name for g in graph.groups],
         group_sizes=[g.size for g in graph.groups])
-    ckpt = None
-    if resume:
-        ckpt = _resume_checkpoint(out, GatedCheckpoint, arch)
-        if ckpt.stage == "done":
-            if progress:
-                progress("done", ckpt.result or {})
-            return {"run": str(out), "model": str(out / "model.pt"), "already_complete": True, **(ckpt.result or {})}
+    if ckpt is not None:
         model.load_state_dict(ckpt.state_dict)
         gates.load_state_dict(ckpt.gate_state)
         if progress:
-            progress("resume", {"stage": ckpt.stage, "epoch": ckpt.loop.epoch, "step": ckpt.loop.step})
+            progress("resume", {"stage": ckpt.stage, "epoch": ckpt.loop.epoch if ckpt.loop else 0,
+                                "step": ckpt.loop.step if ckpt.loop else 0})
+    steps_per_epoch = bundle.train.num_batches(config.batch_size, world)
+    budget = config.epochs * steps_per_epoch
+    auto = config.finetune_epochs is None
     learn_history = ckpt.learn_history if ckpt is not None else []
+    frozen = ckpt.frozen if ckpt is not None else None
     if ckpt is None or ckpt.stage == "learn":
-        learn_history = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
-                            gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress,
-                            device=device, rank=rank, world=world, wrapped=_wrap(model, gates, world, device)).history
+        ready = _Readiness(gates, cost, config, budget) if auto else None
+        loop = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
+                   gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress, device=device,
+                   rank=rank, world=world, wrapped=_wrap(model, gates, world, device), distill=distill,
+                   stop_when=ready)
+        learn_history = loop.history
+        learned = sum(r.get("steps", steps_per_epoch) for r in learn_history)
+        frozen = {"reason": loop.stopped or "epochs", "steps": learned, "epochs": round(learned / steps_per_epoch, 3),
+                  **gate_metrics(gates, cost, config)}
+        if progress:
+            progress("frozen", frozen)
         ckpt = None
-    plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape, cost=cost)
+        plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
+                      cost=cost)
+    else:
+        plan = ckpt.plan
     agree = _ranks_agree(plan, world)
     gates.fix_(plan.keep_masks(graph))
-    template = dataclasses.replace(template, plan=plan, learn_history=learn_history)
-    if config.finetune_epochs:
-        ft = TrainConfig(epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.lr,
-                         momentum=config.momentum, weight_decay=config.weight_decay, seed=config.seed + 1)
-        # the gates are pinned to the plan: fine-tune the weights of the network the plan keeps
+    ft_steps = (budget - frozen["steps"]) if auto else config.finetune_epochs * steps_per_epoch
+    frozen = {**frozen, "finetune_steps": max(0, ft_steps)}
+    template = dataclasses.replace(template, plan=plan, learn_history=learn_history, frozen=frozen)
+    if ft_steps > 0:
+        ft = TrainConfig(epochs=-(-ft_steps // steps_per_epoch), batch_size=config.batch_size,
+                         lr=config.finetune_lr or config.lr, momentum=config.momentum,
+                         weight_decay=config.weight_decay, seed=config.seed + 1, schedule=config.finetune_schedule,
+                         max_steps=ft_steps)
         template = dataclasses.replace(template, stage="finetune", config=asdict(ft), gate_state=gates.state_dict())
-        fit(model, bundle.train, bundle.val, ft, checkpointer=Checkpointer(out, template, rank=rank),
-            resume=ckpt.loop if ckpt else None, earlier_rows=learn_history, progress=progress, device=device,
-            rank=rank, world=world, wrapped=_wrap(model, None, world, device))
+        twin = _slim_twin(model, gates, graph, plan, x, world)
+        ckpt_ft = Checkpointer(out, template, rank=rank, state_fn=twin.full_state if twin else None)
+        if ckpt is None and rank == 0:  # the switch itself is a checkpoint: --resume fine-tunes from here
+            ckpt_ft.save(model, LoopState(), [], [], tag="frozen", gates=gates, seed=config.seed)
+        net = twin.slim if twin else model
+        net.train()
+        fit(net, bundle.train, bundle.val, ft, checkpointer=ckpt_ft,
+            resume=ckpt.loop if ckpt and ckpt.loop and ckpt.loop.optimizer else None, earlier_rows=learn_history,
+            progress=progress, device=device, rank=rank, world=world,
+            wrapped=_wrap(net, None, world, device), distill=distill)
+        if twin:
+            twin.write_back_()
+            gates.attach_(model)
     if config.calibrate_bn:
         calibrate_bn_(model, bundle.train, batches=config.calibrate_bn, device=device)
     val = evaluate(model, bundle.val, device=device)
@@ -250,14 +302,61 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     ratio = cost.ratio(plan)
     pol = polarization(gates.probs())
     result = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "cost": cost.name,
-              "cost_ratio": ratio, "polarized": pol.polarized, "world_size": world, "ranks_agree": agree}
+              "cost_ratio": ratio, "polarized": pol.polarized, "world_size": world, "ranks_agree": agree,
+              "frozen": frozen}
     if rank == 0:
         final = GatedCheckpoint.load(out / "model.pt")
         dataclasses.replace(final, state_dict=model.state_dict(), gate_state=gates.state_dict(), plan=plan,
-                            learn_history=learn_history, stage="done", saved="final", result=result).save(out / "model.pt")
+                            learn_history=learn_history, stage="done", saved="final", result=result,
+                            frozen=frozen).save(out / "model.pt")
     return {"run": str(out), "model": str(out / "model.pt"), "cost": cost.name, "cost_ratio": ratio, "tau": config.tau,
             "polarized": pol.polarized, "polarization_warning": pol.warning, "kept_channels": plan.kept_channels,
-            "gated_channels": plan.total_channels, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"]}
+            "gated_channels": plan.total_channels, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            "frozen": frozen}
+
+
+class _Readiness:
+    """`fit`'s stop rule while learning: "ready" once the gates are polarized and the cost at tau
+    has stayed within `ready_tolerance` of the target for `ready_window` steps; "deadline" at
+    `max_learn_share` of the budget. Checked every few steps (the check prices the plan)."""
+
+    EVERY = 5
+
+    def __init__(self, gates: GateSet, cost, config: LearnConfig, budget: int):
+        self.gates, self.cost, self.config = gates, cost, config
+        self.deadline = max(1, int(config.max_learn_share * budget))
+        self.since: int | None = None
+
+    def __call__(self, done: int) -> str | None:
+        if done >= self.deadline:
+            return "deadline"
+        if done % self.EVERY:
+            return None
+        with torch.no_grad():
+            probs = self.gates.probs()
+            ratio = float(self.cost.ratio_of([(p > self.config.tau).float() for p in probs]))
+        if polarization(probs).ok and abs(ratio - self.config.target) <= self.config.ready_tolerance:
+            self.since = done if self.since is None else self.since
+            if done - self.since >= self.config.ready_window:
+                return "ready"
+        else:
+            self.since = None
+        return None
+
+
+def _slim_twin(model: nn.Module, gates: GateSet, graph, plan: PrunePlan, x: torch.Tensor,
+               world: int) -> SlimTwin | None:
+    """The cut model to fine-tune, with the gates detached from `model` (re-attach after the write
+    back); or None, gates still attached, where it cannot be traced back (then the gated model,
+    frozen under the plan, is fine-tuned: the same function, slower per step)."""
+    if world > 1:
+        return None
+    gates.detach_()
+    try:
+        return SlimTwin(model, graph, plan, x)
+    except Exception:  # noqa: BLE001 - any surgery or tracing failure: fine-tune the gated model instead
+        gates.attach_(model)
+        return None
 
 
 def _ranks_agree(plan: PrunePlan, world: int) -> bool:

@@ -19,6 +19,10 @@ class Reporter:
         if kind == "resume":
             stage = f" ({row['stage']})" if row.get("stage") else ""
             click.echo(f"resuming{stage} after epoch {row['epoch']}, step {row['step']}", err=True)
+        elif kind == "frozen":
+            self.close()
+            click.echo(f"froze after {row['steps']} steps ({row['reason']}): cost {row['cost_ratio_at_tau']:.3f} "
+                       f"at tau, {row['polarized']:.0%} polarized", err=True)
         elif kind == "done":
             click.echo("the run is already complete; nothing to resume", err=True)
         elif kind == "step" and self.tty:

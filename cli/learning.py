@@ -105,8 +105,23 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Initial weight of the budget term; it rises while the FLOPs stay above target.")
 @click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold.")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Fine-tune the weights with the frozen plan after learning.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
+              help="Learn for --epochs, then fine-tune for this many. Default: --epochs is the whole budget; the "
+                   "gates freeze when ready and the slim model is fine-tuned for the rest.")
+@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate of fine-tuning (default: --lr).")
+@click.option("--finetune-schedule", type=click.Choice(["onecycle", "cosine", "step"]), default="onecycle",
+              show_default=True, help="Fine-tuning's learning-rate schedule.")
+@click.option("--distill/--no-distill", default=None,
+              help="Distil from the dense model the run starts from, in learning and fine-tuning [default: on "
+                   "with --weights].")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of the loss that is the teacher's term (the rest is cross-entropy).")
+@click.option("--gate-init", type=click.Choice(["uniform", "norm"]), default="uniform", show_default=True,
+              help="Start the gates nearly open (uniform) or graded by the weights' group norm.")
+@click.option("--gate-temperature-final", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Anneal the Gumbel temperature from 1 to this over the learning steps.")
 @click.option("--calibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-estimate batch-norm statistics with K batches under the frozen plan.")
 @click.option("--ignore", multiple=True, metavar="NAME", help="Keep this layer's output channels ungated (repeatable).")
@@ -114,8 +129,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, calibrate_bn, ignore,
-          min_keep):
+          resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
+          finetune_schedule, distill, distill_temperature, distill_weight, gate_init, gate_temperature_final,
+          calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
@@ -127,7 +143,9 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
-                      calibrate_bn=calibrate_bn)
+                      finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
+                      distill_temperature=distill_temperature, distill_weight=distill_weight, gate_init=gate_init,
+                      gate_temperature_final=gate_temperature_final, calibrate_bn=calibrate_bn)
     rep = Reporter()
     res = _guarded(out, rep, lambda: learn_run(
         arch=arch, data=data, out=out, config=cfg, weights=weights, num_classes=num_classes, in_channels=in_channels,
@@ -140,6 +158,9 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
              f"{res['kept_channels']}/{res['gated_channels']} channels kept, {res['polarized']:.0%} of gates polarized",
              f"val accuracy {res['val_accuracy']:.4f}, test accuracy {res['test_accuracy']:.4f}",
              f"wrote {res['model']}"]
+    fr = res.get("frozen") or {}
+    if fr:
+        lines.insert(1, f"froze after {fr['steps']} steps ({fr['reason']}), then fine-tuned {fr['finetune_steps']} steps")
     if res.get("polarization_warning"):
         lines.append(f"warning: {res['polarization_warning']}")
     _finish(res, as_json, lines)

@@ -144,7 +144,7 @@ def _wait_for_epochs(metrics: Path, n: int, proc, timeout=120):
 def test_sigkill_then_resume_continues_from_the_last_epoch(tmp_path):
     out = tmp_path / "run"
     args = ["learn", "--arch", "resnet20", "--data", "digits", "--target", 0.5, "--epochs", 5, "--batch-size", 64,
-            "--out", out]
+            "--finetune-epochs", 0, "--out", out]
     proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_epochs(out / "metrics.jsonl", 2, proc)
     proc.kill()

@@ -1,0 +1,163 @@
+"""The learning recipe: fine-tuning on the slim model and writing it back, freezing when ready,
+distillation, the schedules and the gate initialisation."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from chanprune.cut import SlimTwin
+from chanprune.freeze import random_plan
+from chanprune.gates import GateSet, GumbelGate
+from chanprune.graph import find_groups
+from chanprune.importance import group_norm
+from chanprune.learn import TrainConfig, _schedule
+from chanprune.load import GatedModel
+from chanprune.objective import Distill, task_loss
+from chanprune_cli.main import main
+from tests import nets
+
+NETS = [nets.Chain, nets.Residual, nets.Concat, nets.Depthwise, nets.Grouped, nets.SqueezeExcite, nets.Shuffle,
+        nets.Chunk]
+
+
+def run(*args, code=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+@pytest.mark.parametrize("net", NETS, ids=lambda n: n.__name__)
+def test_slim_training_written_back_is_what_the_gated_model_computes(net):
+    """Train the cut model a few steps (weights and batch-norm statistics change), write it back:
+    the gated model frozen under the plan computes what the trained slim model does."""
+    torch.manual_seed(0)
+    model = net(num_classes=5)
+    x = torch.randn(8, 3, 16, 16)
+    graph = find_groups(model, x[:1])
+    plan = random_plan(graph, keep=0.5, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = SlimTwin(model, graph, plan, x)
+    opt = torch.optim.SGD(twin.slim.parameters(), lr=0.1, momentum=0.9)
+    twin.slim.train()
+    for _ in range(3):
+        loss = twin.slim(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    twin.write_back_()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "nothing was written back"
+    gates = GateSet(graph).attach_(model).fix_(plan.keep_masks(graph))
+    model.eval(), twin.slim.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), twin.slim(x), atol=1e-5, rtol=1e-4)
+    gates.detach_()
+
+
+def test_distillation_term_is_zero_for_the_teacher_itself_and_mixes_with_ce():
+    torch.manual_seed(0)
+    teacher = nn.Linear(6, 4)
+    x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+    d = Distill(teacher, temperature=4.0, weight=0.5)
+    assert d(teacher(x), x).item() == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(16, 4)
+    loss, stats = task_loss(other, y, x, d)
+    assert stats["kd"] > 0
+    assert loss.item() == pytest.approx(0.5 * stats["ce"].item() + 0.5 * stats["kd"].item(), rel=1e-6)
+    plain, _ = task_loss(other, y, x, None)
+    assert plain.item() == pytest.approx(stats["ce"].item())
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "step"])
+def test_schedules_shape(name):
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched, lrs = _schedule(opt, name, 100), []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if name == "cosine":
+        assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 1e-3
+    elif name == "onecycle":
+        assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1, rel=1e-3)
+        assert 20 <= lrs.index(max(lrs)) <= 30 and lrs[-1] < 1e-3
+    else:
+        assert lrs[59] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.01) and lrs[80] == pytest.approx(0.001)
+
+
+def test_gate_init_from_group_norm_orders_the_gates_by_importance():
+    torch.manual_seed(0)
+    model = nets.Chain(num_classes=5)
+    with torch.no_grad():
+        model.features[0][0].weight[3] *= 0.01  # channel 3 of the first group is nearly dead
+    x = torch.randn(1, 3, 16, 16)
+    graph = find_groups(model, x)
+    scores = group_norm(model, graph, x)
+    first = graph.groups.index(graph.group("features.0.0"))
+    assert int(scores[first].argmin()) == 3
+    gate = GumbelGate(graph.groups[first].size)
+    gate.init_from_scores_(scores[first])
+    p = gate.probs()
+    assert int(p.argmin()) == 3 and p.mean() > 0.9  # graded, still nearly open on average
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "base"
+    run("train", "--arch", "resnet20", "--data", "digits", "--epochs", 6, "--batch-size", 64, "--out", out)
+    return out / "model.pt"
+
+
+def test_epochs_are_the_whole_budget_freeze_when_ready_then_slim_finetune(base, tmp_path):
+    out = tmp_path / "auto"
+    res = json.loads(run("learn", "--arch", "resnet20", "--weights", base, "--data", "digits", "--target", 0.5,
+                         "--epochs", 8, "--batch-size", 64, "--out", out, "--json").stdout)
+    fr = res["frozen"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps_per_epoch = 21  # 1437 digits x 0.9 for training, batches of 64
+    budget = 8 * steps_per_epoch
+    assert fr["reason"] in ("ready", "deadline") and fr["steps"] <= budget // 2
+    if fr["reason"] == "ready":
+        assert abs(fr["cost_ratio_at_tau"] - 0.5) <= 0.02
+    assert fr["steps"] + fr["finetune_steps"] == budget == sum(r["steps"] for r in rows)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["frozen"] == fr and ckpt["learn_config"]["distill"] is True  # on by default with --weights
+    exported = json.loads(run("export", out, "--no-onnx", "--json").stdout)
+    assert exported["exact"], exported
+    gm = GatedModel.load(out / "model.pt")
+    assert gm.ckpt.tuned_for_plan
+
+
+def test_resume_across_the_switch_to_finetuning(base, tmp_path, monkeypatch):
+    """Stopped during fine-tuning, right after the switch: --resume fine-tunes the stored plan."""
+    from chanprune import runs
+    from chanprune.learn import LearnConfig
+
+    out = tmp_path / "r"
+    cfg = LearnConfig(epochs=6, batch_size=64, target=0.5)
+    seen = []
+
+    def progress(kind, row):
+        seen.append(kind)
+        if kind == "step" and "frozen" in seen:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.learn_run(arch="resnet20", data="digits", out=out, config=cfg, weights=str(base), progress=progress)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["stage"] == "finetune" and ckpt["saved"] == "frozen" and ckpt["plan"]
+    res = runs.learn_run(arch="resnet20", data="digits", out=out, config=cfg, resume=True)  # the teacher is found
+    assert res["frozen"]["steps"] == ckpt["frozen"]["steps"]
+    final = torch.load(out / "model.pt", weights_only=True)
+    assert final["stage"] == "done" and final["plan"] == ckpt["plan"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["steps"] for r in rows) == 6 * 21
+
+
+def test_distill_without_weights_is_a_clear_error(tmp_path):
+    r = run("learn", "--arch", "resnet20", "--data", "digits", "--target", 0.5, "--epochs", 1, "--distill",
+            "--out", tmp_path / "x", code=2)
+    assert "--distill needs --weights" in r.output
