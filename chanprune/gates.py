@@ -6,6 +6,8 @@ network and can be cut from producers and consumers without changing the output.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,7 +181,7 @@ class GateSet(nn.Module):
     def _begin(self, module, args):
         batch = args[0].shape[0] if args and torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
         if self._fixed is not None:
-            self._z = [m.to(self.gates[i].logits.device) for i, m in enumerate(self._fixed)]
+            self._z = [m.to(_device(self.gates[i])) for i, m in enumerate(self._fixed)]
         elif module.training:
             self._z = [g.sample(batch) for g in self.gates]
         else:
@@ -205,6 +207,12 @@ class GateSet(nn.Module):
             return (x * mask, *args[1:])
 
         return hook
+
+
+def _device(gate: Gate) -> torch.device:
+    """Where a gate's tensors live (any kind: its first parameter or buffer)."""
+    t = next(itertools.chain(gate.parameters(), gate.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
 
 
 def attach_gates(model: nn.Module, graph: ChannelGraph, **kwargs) -> GateSet:
