@@ -24,7 +24,7 @@ from .cut import CutResult, cut
 from .errors import ArtifactError, ChanpruneError, PlanError, UnknownArchError, UnsupportedModelError
 from .export import export_onnx, onnx_session, run_onnx
 from .freeze import PolarizationReport, freeze, polarization, random_plan, round_plan
-from .gates import Gate, GateSet, GumbelGate, attach_gates, list_gates, make_gate, register_gate
+from .gates import Gate, GateSet, GumbelGate, TrainableGate, attach_gates, list_gates, make_gate, register_gate
 from .graph import ChannelGraph, ChannelGroup, Site, find_groups
 from .load import GatedModel, load_slim, save_slim
 from .measure import FlopReport, count_flops, count_params
@@ -37,7 +37,7 @@ __all__ = [
     "ArtifactError", "ChanpruneError", "PlanError", "UnknownArchError", "UnsupportedModelError",
     "ArchProvider", "build_model", "list_archs", "provider_for", "register_arch", "register_provider",
     "ChannelGraph", "ChannelGroup", "Site", "find_groups",
-    "Gate", "GateSet", "GumbelGate", "attach_gates", "list_gates", "make_gate", "register_gate",
+    "Gate", "GateSet", "GumbelGate", "TrainableGate", "attach_gates", "list_gates", "make_gate", "register_gate",
     "PolarizationReport", "freeze", "polarization", "random_plan", "round_plan",
     "GroupPlan", "PrunePlan",
     "Cost", "FlopsCost", "ChannelsCost", "list_costs", "make_cost", "register_cost",

@@ -99,7 +99,8 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="The cost the target is a fraction of. flops: (t - FLOPs(Z)/FLOPs)^2; "
                    "channels: the paper's batch activation loss (t - mean Z)^2.")
 @click.option("--gate", default="gumbel", show_default=True,
-              help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020).")
+              help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020); "
+                   "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
