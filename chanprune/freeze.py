@@ -11,7 +11,7 @@ from .cost import Cost
 from .graph import ChannelGraph, ChannelGroup
 from .plan import GroupPlan, PrunePlan
 
-__all__ = ["freeze", "round_plan", "random_plan", "polarization", "PolarizationReport"]
+__all__ = ["freeze", "project_plan", "round_plan", "random_plan", "polarization", "PolarizationReport"]
 
 
 @dataclass
@@ -86,6 +86,58 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
     if cost is not None:
         plan.meta["cost"] = {"name": cost.name, "ratio": cost.ratio(plan)}
     return plan
+
+
+def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float, *, tolerance: float = 0.02,
+                 min_keep: int = 0) -> PrunePlan:
+    """Move a frozen plan's predicted cost onto `target` when it is further than `tolerance` away.
+
+    Above: drop kept channels, the least probable first (over all groups), as few as bring the cost
+    to the target or below. Below: add back dropped channels, the most probable first, as many as
+    keep it at or below the target. A group is never emptied or revived by this, keeps at least
+    `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. The
+    plan's meta records both ratios (`projected`).
+    """
+    r0 = cost.ratio(plan)
+    if abs(r0 - target) <= tolerance:
+        return plan
+    above = r0 > target
+    cands = []  # (p, group index, channel)
+    for gi, gp in enumerate(plan.groups):
+        g = graph.group(gp.name)
+        if g.partition or not gp.keep or gp.probs is None:
+            continue
+        kept = set(gp.keep)
+        pool = kept if above else set(range(gp.size)) - kept
+        spare = len(kept) - max(1, min_keep) if above else len(pool)
+        ranked = sorted(pool, key=lambda c: (gp.probs[c], c), reverse=not above)[:max(0, spare)]
+        cands += [(gp.probs[c], gi, c) for c in ranked]
+    cands.sort(key=lambda t: (t[0], t[1], t[2]), reverse=not above)
+
+    def moved(k: int) -> PrunePlan:
+        change: dict[int, set] = {}
+        for _, gi, c in cands[:k]:
+            change.setdefault(gi, set()).add(c)
+        groups = []
+        for gi, gp in enumerate(plan.groups):
+            d = change.get(gi, set())
+            keep = sorted(set(gp.keep) - d) if above else sorted(set(gp.keep) | d)
+            groups.append(GroupPlan(gp.name, gp.size, keep, gp.probs))
+        return PrunePlan(groups, plan.arch, plan.input_shape, plan.tau, dict(plan.meta))
+
+    lo, hi = 0, len(cands)  # above: the fewest moves reaching <= target; below: the most staying <= target
+    while lo < hi:
+        mid = (lo + hi + (0 if above else 1)) // 2
+        ok = cost.ratio(moved(mid)) <= target
+        if above:
+            lo, hi = (lo, mid) if ok else (mid + 1, hi)
+        else:
+            lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    out = moved(lo)
+    r1 = cost.ratio(out)
+    out.meta["projected"] = {"from": r0, "to": r1, "channels": lo, "tolerance": tolerance}
+    out.meta["cost"] = {"name": cost.name, "ratio": r1}
+    return out
 
 
 def round_plan(plan: PrunePlan, graph: ChannelGraph, n: int, cost: Cost | None = None) -> PrunePlan:

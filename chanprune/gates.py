@@ -52,7 +52,8 @@ class Gate(nn.Module):
         return {}
 
     def init_from_scores_(self, scores: torch.Tensor) -> None:
-        """Start from an importance score per channel (higher: keep); kinds that cannot, ignore it."""
+        """Start from an importance score per channel (higher: keep), where the kind can."""
+        raise NotImplementedError(f"gate kind {self.kind!r} cannot start from importance scores")
 
     def mask(self, mode: str, *, batch: int = 1, tau: float = 0.5) -> torch.Tensor:
         """The mask in inference mode `mode`: (1, C) for "threshold", (batch, C) for "stochastic"."""

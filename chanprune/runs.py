@@ -22,7 +22,7 @@ from .cut import SlimTwin
 from .cost import list_costs, make_cost
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
-from .freeze import freeze, polarization
+from .freeze import freeze, polarization, project_plan
 from .gates import GateSet, list_gates
 from .graph import find_groups
 from .importance import group_norm
@@ -231,11 +231,14 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
     gates = GateSet(graph, kind=config.gate, tau=config.tau)
-    if config.gate_init == "norm" and ckpt is None:
-        for g, s in zip(gates.gates, group_norm(model, graph, x)):
-            g.init_from_scores_(s)
-    elif config.gate_init not in ("uniform", "norm"):
+    if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
+    if config.gate_init == "norm" and ckpt is None:
+        try:
+            for g, s in zip(gates.gates, group_norm(model, graph, x)):
+                g.init_from_scores_(s)
+        except NotImplementedError as e:
+            raise ChanpruneError(f"--gate-init norm: {e}") from None
     model.to(device)
     gates.to(device).attach_(model)
     template = GatedCheckpoint(
@@ -269,6 +272,11 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         ckpt = None
         plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
                       cost=cost)
+        if config.project:
+            plan = project_plan(plan, graph, cost, config.target, tolerance=config.ready_tolerance,
+                                min_keep=config.min_keep)
+            if "projected" in plan.meta:
+                frozen["projected"] = plan.meta["projected"]
     else:
         plan = ckpt.plan
     agree = _ranks_agree(plan, world)

@@ -157,7 +157,54 @@ def test_resume_across_the_switch_to_finetuning(base, tmp_path, monkeypatch):
     assert sum(r["steps"] for r in rows) == 6 * 21
 
 
-def test_distill_without_weights_is_a_clear_error(tmp_path):
-    r = run("learn", "--arch", "resnet20", "--data", "digits", "--target", 0.5, "--epochs", 1, "--distill",
-            "--out", tmp_path / "x", code=2)
-    assert "--distill needs --weights" in r.output
+LEARN_BAD_INPUT = [
+    pytest.param(["--distill"], "--distill needs --weights", id="distill-without-weights"),
+    pytest.param(["--gate-init", "magic"], "--gate-init", id="gate-init-unknown"),
+    pytest.param(["--gate", "trainable", "--gate-init", "norm"], "cannot start from importance", id="gate-init-kind"),
+    pytest.param(["--finetune-schedule", "linear"], "--finetune-schedule", id="schedule-unknown"),
+    pytest.param(["--distill-weight", "1.5"], "--distill-weight", id="distill-weight-above-one"),
+    pytest.param(["--distill-temperature", "0"], "--distill-temperature", id="distill-temperature-zero"),
+    pytest.param(["--gate-temperature-final", "0"], "--gate-temperature-final", id="temperature-final-zero"),
+    pytest.param(["--finetune-lr", "-1"], "--finetune-lr", id="finetune-lr-negative"),
+    pytest.param(["--finetune-epochs", "-1"], "--finetune-epochs", id="finetune-epochs-negative"),
+]
+
+
+@pytest.mark.parametrize("args,says", LEARN_BAD_INPUT)
+def test_learn_bad_input_exits_2_with_one_line_and_writes_nothing(args, says, tmp_path):
+    out = tmp_path / "x"
+    r = CliRunner().invoke(main, ["learn", "--arch", "resnet20", "--data", "digits", "--target", "0.5", "--epochs",
+                                  "1", "--out", str(out), *args])
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and says in r.output, r.output
+    assert "Traceback" not in r.output and not (out / "model.pt").exists()
+
+
+def test_projection_moves_the_plan_onto_the_target_by_gate_probability():
+    from chanprune.cost import make_cost
+    from chanprune.freeze import freeze, project_plan
+
+    torch.manual_seed(0)
+    model = nets.Residual(num_classes=5)
+    x = torch.zeros(1, 3, 16, 16)
+    graph = find_groups(model, x)
+    cost = make_cost("flops", model, x, graph)
+    probs = [torch.rand(g.size) for g in graph.groups]
+    plan = freeze(graph, probs, tau=0.2, cost=cost)  # keeps ~80%: far above a 0.5 target
+    assert cost.ratio(plan) > 0.6
+    down = project_plan(plan, graph, cost, 0.5)
+    assert cost.ratio(down) <= 0.5 and down.meta["projected"]["from"] == pytest.approx(cost.ratio(plan))
+    dropped = [(p[c].item(), gi) for gi, (gp, gd, p) in enumerate(zip(plan.groups, down.groups, probs))
+               for c in set(gp.keep) - set(gd.keep)]
+    still = [p[c].item() for gd, p in zip(down.groups, probs) for c in gd.keep]
+    assert dropped and max(d for d, _ in dropped) <= min(still) + 1e-6 or all(len(g.keep) == 1 for g in down.groups)
+    assert all(gd.keep for gd, gp in zip(down.groups, plan.groups) if gp.keep)  # no group emptied
+    # one channel fewer removed would be above the target: the fewest moves
+    for p in probs:
+        p[0] = 0.99  # every group keeps one channel at tau 0.9: far below the target, none emptied
+    low = freeze(graph, probs, tau=0.9, cost=cost)
+    up = project_plan(low, graph, cost, 0.5)
+    assert cost.ratio(low) < 0.48 and cost.ratio(low) < cost.ratio(up) <= 0.5
+    near = freeze(graph, probs, tau=0.5, cost=cost)
+    assert project_plan(near, graph, cost, cost.ratio(near) + 0.01) is near  # within tolerance: untouched
