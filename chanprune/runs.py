@@ -396,5 +396,5 @@ def inspect_run(path: str | os.PathLike, *, tau: float | None = None, arch: str 
         "stored_plan": gm.ckpt.plan is not None and plan is gm.ckpt.plan, "polarization": pol.to_dict(),
         "kept_channels": plan.kept_channels, "gated_channels": plan.total_channels,
         "groups": [{"name": g.name, "kept": len(g.keep), "total": g.size} for g in plan.groups],
-        "zero_width_groups": plan.zero_width_groups, "metrics": gm.ckpt.metrics,
+        "zero_width_groups": plan.zero_width_groups, "metrics": gm.ckpt.metrics, "frozen": gm.ckpt.frozen,
     }

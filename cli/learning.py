@@ -193,6 +193,11 @@ def inspect(model, tau, arch, as_json):
     flops = "" if r["cost"] == "flops" else f" (FLOPs {r['flops_ratio_predicted']:.3f})"
     click.echo(f"  plan          {source}: {r['kept_channels']}/{r['gated_channels']} channels kept, "
                f"predicted {what} {r['cost_ratio']:.3f} of dense{flops}")
+    fr = r.get("frozen")
+    if fr:
+        proj = fr.get("projected")
+        click.echo(f"  froze         after {fr['steps']} steps ({fr['reason']}), cost {fr['cost_ratio_at_tau']:.3f} at tau"
+                   + (f", projected to {proj['to']:.3f}" if proj else "") + f"; fine-tuned {fr.get('finetune_steps', 0)} steps")
     for g in r["groups"]:
         click.echo(f"    {g['name']:<40} {g['kept']:>5}/{g['total']}")
     if pol["warning"]:

@@ -208,3 +208,12 @@ def test_projection_moves_the_plan_onto_the_target_by_gate_probability():
     assert cost.ratio(low) < 0.48 and cost.ratio(low) < cost.ratio(up) <= 0.5
     near = freeze(graph, probs, tau=0.5, cost=cost)
     assert project_plan(near, graph, cost, cost.ratio(near) + 0.01) is near  # within tolerance: untouched
+
+
+def test_inspect_says_when_and_why_the_gates_froze(base, tmp_path):
+    out = tmp_path / "i"
+    run("learn", "--arch", "resnet20", "--weights", base, "--data", "digits", "--target", 0.5, "--epochs", 2,
+        "--batch-size", 64, "--out", out)
+    r = json.loads(run("inspect", out, "--json").stdout)
+    assert r["frozen"]["reason"] in ("ready", "deadline") and r["frozen"]["finetune_steps"] > 0
+    assert "froze" in run("inspect", out).output
