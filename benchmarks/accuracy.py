@@ -7,10 +7,13 @@ the training data (`--limit`, default the first 12,000 images; 10% of them held 
 final accuracy is on the whole test split (10,000 images). Pairs share the seed (data order, split).
 
 Methods (`--methods`, comma-separated):
-  chanprune          `chanprune learn --weights BASE --target t --epochs E` with today's defaults:
-                     distillation from BASE, gates frozen when ready, the slim model fine-tuned for
-                     the rest of the budget with a one-cycle schedule.
-  cp-<ablation>      the default with one lever changed (ABLATIONS below).
+  chanprune          `chanprune learn --weights BASE --target T --epochs E` with today's defaults:
+                     distillation from BASE, gates frozen when ready, the plan projected onto T, the
+                     slim model fine-tuned for the rest of the budget with a one-cycle schedule. T is
+                     the FLOPs ratio Torch-Pruning's uniform ratio reaches at t (the largest not above
+                     t), so that every method of the main table has the same FLOPs or fewer.
+  cp-default         the same at T = t (the ablations' reference).
+  cp-<ablation>      the default with one lever changed (ABLATIONS below), at T = t.
   tp-<crit>[+cp]     Torch-Pruning: MetaPruner one shot from BASE with importance <crit> (magnitude,
                      group-norm, fpgm), one ratio for every layer, bisected to t x the dense FLOPs;
                      then fine-tuned for E epochs. `tp-group-sl` regularises first (GroupNormPruner,
@@ -48,6 +51,7 @@ ABLATIONS = {  # one lever each, against the new default
     "cp-gate-init-norm": ["--gate-init", "norm"],
     "cp-anneal": ["--gate-temperature-final", "0.2"],
     "cp-trainable-gate": ["--gate", "trainable"],
+    "cp-learn-quarter": ["--max-learn-share", "0.25"],  # freeze by a quarter of the budget, not half
     "cp-old-recipe": ["--no-distill", "@split", "--finetune-schedule", "cosine"],  # the recipe before this wave
 }
 
@@ -75,7 +79,10 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         return rows.get(key)
     from chanprune.evaluate import eval_model
 
-    extra = [] if method == "chanprune" else list(ABLATIONS[method])
+    extra = [] if method in ("chanprune", "cp-default") else list(ABLATIONS[method])
+    # the main table matches FLOPs: chanprune's target is what Torch-Pruning's uniform ratio reaches
+    # (the largest FLOPs not above t); the ablations all learn at t itself
+    asked = matched_target(arch, base, t) if method == "chanprune" else t
     epochs = ["--epochs", str(a.epochs)]
     if "@split" in extra:
         extra.remove("@split")
@@ -83,7 +90,7 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         epochs = ["--epochs", str(learn), "--finetune-epochs", str(a.epochs - learn)]
     run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
-            "--target", str(t), *epochs, "--seed", str(seed), *extra]
+            "--target", f"{asked:.4f}", *epochs, "--seed", str(seed), *extra]
     t0 = time.perf_counter()
     run_stage(args, run, done=run_finished(run))
     seconds = time.perf_counter() - t0
@@ -94,8 +101,8 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
 
     frozen = torch.load(run / "model.pt", weights_only=True).get("frozen") or {}
     return rows.add({
-        "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
-        "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
+        "key": key, "arch": arch, "setup": tag, "target": t, "asked_target": round(asked, 4), "seed": seed,
+        "method": method, "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
         "val_after_pruning": learned[-1]["val_accuracy"],
         "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
@@ -103,6 +110,28 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact"),
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
     })
+
+
+_MATCHED: dict = {}
+
+
+def matched_target(arch: str, base: Path, t: float) -> float:
+    """The FLOPs ratio Torch-Pruning's uniform ratio reaches at t (the largest not above t)."""
+    if (arch, t) not in _MATCHED:
+        import torch
+
+        from chanprune.artifacts import load_artifact
+        from chanprune.measure.flops import count_flops
+        from chanprune.zoo import build_model
+
+        ckpt = load_artifact(base, "chanprune.dense/1")
+        model = build_model(arch, **ckpt["build_kwargs"])
+        model.load_state_dict(ckpt["state_dict"])
+        x = torch.zeros(ckpt["input_shape"])
+        dense = count_flops(model, x).total
+        _, _, flops = tp_prune_to_flops(lambda: copy.deepcopy(model).eval(), x, int(t * dense))
+        _MATCHED[(arch, t)] = flops / dense
+    return _MATCHED[(arch, t)]
 
 
 def _recipe(name: str, seed: int, epochs: int, max_steps: int | None = None):
@@ -148,10 +177,12 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
             raise SystemExit(f"{method} needs the rows of chanprune and {name} for seed {seed} first")
         budget = int(budget * ref["train_seconds"] / own["train_seconds"])
     t0 = time.perf_counter()
-    sparse_steps = 0
+    sparse_steps, sparse_seconds = 0, 0.0
     if crit == "group-sl":  # regularise (GroupNormPruner's sparse learning), then prune, in the same budget
         sparse_steps = budget // 3
+        t1 = time.perf_counter()
         _sparse_learning(model, bundle, x, sparse_steps, seed, distill)
+        sparse_seconds = time.perf_counter() - t1
         crit_name = "group-norm"
     else:
         crit_name = crit
@@ -168,8 +199,8 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
         "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
         "pruning_ratio": ratio, "flops_ratio": flops / dense_flops, "params_slim": count_params(pruned),
         "val_after_pruning": after, "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
-        "train_seconds": round(sum(h["epoch_seconds"] for h in state.history), 1), "wall_seconds": round(seconds, 1),
-        "steps": budget, "epochs": a.epochs, "limit": a.limit,
+        "train_seconds": round(sparse_seconds + sum(h["epoch_seconds"] for h in state.history), 1),
+        "wall_seconds": round(seconds, 1), "steps": budget, "epochs": a.epochs, "limit": a.limit,
         "command": f"python benchmarks/accuracy.py --arch {arch} --targets {t} --seeds {seed} --methods {method}",
     })
 
@@ -222,7 +253,7 @@ def main():
     main_suite = a.suite == "main"
     targets = [float(s) for s in (a.targets or ("0.5,0.25" if main_suite else "0.5")).split(",")]
     seeds = [int(s) for s in (a.seeds or ("0,1,2" if main_suite else "0")).split(",")]
-    methods = (a.methods or ",".join(MAIN if main_suite else ["chanprune", *ABLATIONS])).split(",")
+    methods = (a.methods or ",".join(MAIN if main_suite else ["cp-default", *ABLATIONS])).split(",")
     rows = Rows("accuracy")
     base = baseline(a.arch, a.out, a.baseline)
     key = f"{a.arch}/baseline"

@@ -119,6 +119,8 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of the loss that is the teacher's term (the rest is cross-entropy).")
+@click.option("--max-learn-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Without --finetune-epochs: freeze at the latest after this share of the budget.")
 @click.option("--project/--no-project", default=True, show_default=True,
               help="After freezing, drop (add) the least (most) probable channels until the predicted cost is "
                    "at the target, when it is more than 0.02 away.")
@@ -134,7 +136,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
-          finetune_schedule, distill, distill_temperature, distill_weight, project, gate_init, gate_temperature_final,
+          finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project, gate_init, gate_temperature_final,
           calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
@@ -148,7 +150,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
-                      distill_temperature=distill_temperature, distill_weight=distill_weight, project=project, gate_init=gate_init,
+                      distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project, gate_init=gate_init,
                       gate_temperature_final=gate_temperature_final, calibrate_bn=calibrate_bn)
     rep = Reporter()
     res = _guarded(out, rep, lambda: learn_run(
