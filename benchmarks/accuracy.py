@@ -11,7 +11,8 @@ Methods (`--methods`, comma-separated):
                      distillation from BASE, gates frozen when ready, the plan projected onto T, the
                      slim model fine-tuned for the rest of the budget with a one-cycle schedule. T is
                      the FLOPs ratio Torch-Pruning's uniform ratio reaches at t (the largest not above
-                     t), so that every method of the main table has the same FLOPs or fewer.
+                     t), and `--project-tolerance 0` projects the plan onto T or just below, so that
+                     chanprune has the same FLOPs as Torch-Pruning or fewer.
   cp-default         the same at T = t (the ablations' reference).
   cp-<ablation>      the default with one lever changed (ABLATIONS below), at T = t.
   tp-<crit>[+cp]     Torch-Pruning: MetaPruner one shot from BASE with importance <crit> (magnitude,
@@ -83,6 +84,8 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
     # the main table matches FLOPs: chanprune's target is what Torch-Pruning's uniform ratio reaches
     # (the largest FLOPs not above t); the ablations all learn at t itself
     asked = matched_target(arch, base, t) if method == "chanprune" else t
+    if method == "chanprune":
+        extra += ["--project-tolerance", "0"]  # at the matched FLOPs or below, as Torch-Pruning
     epochs = ["--epochs", str(a.epochs)]
     if "@split" in extra:
         extra.remove("@split")

@@ -69,7 +69,8 @@ class LearnConfig(TrainConfig):
     ready_window: int = 50
     ready_tolerance: float = 0.02
     max_learn_share: float = 0.5
-    project: bool = True  # after freezing, move the plan's cost onto the target if it is further than ready_tolerance
+    project: bool = True  # after freezing, move the plan's cost onto the target if it is further than:
+    project_tolerance: float | None = None  # None: ready_tolerance; 0: always (the cost ends at the target or below)
     finetune_lr: float | None = None  # None: `lr`
     finetune_schedule: str = "onecycle"
     calibrate_bn: int = 0

@@ -273,8 +273,8 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
                       cost=cost)
         if config.project:
-            plan = project_plan(plan, graph, cost, config.target, tolerance=config.ready_tolerance,
-                                min_keep=config.min_keep)
+            tol = config.ready_tolerance if config.project_tolerance is None else config.project_tolerance
+            plan = project_plan(plan, graph, cost, config.target, tolerance=tol, min_keep=config.min_keep)
             if "projected" in plan.meta:
                 frozen["projected"] = plan.meta["projected"]
     else:

@@ -124,6 +124,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--project/--no-project", default=True, show_default=True,
               help="After freezing, drop (add) the least (most) probable channels until the predicted cost is "
                    "at the target, when it is more than 0.02 away.")
+@click.option("--project-tolerance", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Project when the frozen plan's cost is further than this from the target (0: whenever it is "
+                   "off; it ends at the target or below).")
 @click.option("--gate-init", type=click.Choice(["uniform", "norm"]), default="uniform", show_default=True,
               help="Start the gates nearly open (uniform) or graded by the weights' group norm.")
 @click.option("--gate-temperature-final", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -136,7 +139,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
-          finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project, gate_init, gate_temperature_final,
+          finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project, project_tolerance, gate_init, gate_temperature_final,
           calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
@@ -150,7 +153,8 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
-                      distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project, gate_init=gate_init,
+                      distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,
+                      project_tolerance=project_tolerance, gate_init=gate_init,
                       gate_temperature_final=gate_temperature_final, calibrate_bn=calibrate_bn)
     rep = Reporter()
     res = _guarded(out, rep, lambda: learn_run(

@@ -217,3 +217,19 @@ def test_inspect_says_when_and_why_the_gates_froze(base, tmp_path):
     r = json.loads(run("inspect", out, "--json").stdout)
     assert r["frozen"]["reason"] in ("ready", "deadline") and r["frozen"]["finetune_steps"] > 0
     assert "froze" in run("inspect", out).output
+
+
+def test_projection_with_zero_tolerance_ends_at_the_target_or_just_below():
+    from chanprune.cost import make_cost
+    from chanprune.freeze import freeze, project_plan
+
+    torch.manual_seed(1)
+    model = nets.Residual(num_classes=5)
+    x = torch.zeros(1, 3, 16, 16)
+    graph = find_groups(model, x)
+    cost = make_cost("flops", model, x, graph)
+    plan = freeze(graph, [torch.rand(g.size) for g in graph.groups], tau=0.3, cost=cost)
+    target = cost.ratio(plan) - 0.01  # within the usual 0.02: left alone by default
+    assert project_plan(plan, graph, cost, target) is plan
+    exact = project_plan(plan, graph, cost, target, tolerance=0.0)
+    assert cost.ratio(exact) <= target < cost.ratio(plan)
