@@ -233,3 +233,35 @@ def test_projection_with_zero_tolerance_ends_at_the_target_or_just_below():
     assert project_plan(plan, graph, cost, target) is plan
     exact = project_plan(plan, graph, cost, target, tolerance=0.0)
     assert cost.ratio(exact) <= target < cost.ratio(plan)
+
+
+def test_readiness_waits_for_a_window_on_target_and_resets_when_off():
+    from chanprune.learn import LearnConfig
+    from chanprune.runs import _Readiness
+
+    class FakeGates:
+        def __init__(self):
+            self.p = [torch.tensor([0.99, 0.01, 0.99, 0.01])]
+
+        def probs(self):
+            return self.p
+
+    class FakeCost:
+        ratio = 0.5
+
+        def ratio_of(self, masks):
+            return self.ratio
+
+    gates, cost = FakeGates(), FakeCost()
+    ready = _Readiness(gates, cost, LearnConfig(target=0.5, ready_window=20), budget=1000)
+    assert [ready(s) for s in range(5, 25, 5)] == [None] * 4  # on target since step 5: 15 steps so far
+    assert ready(25) == "ready"
+    ready = _Readiness(gates, cost, LearnConfig(target=0.5, ready_window=20), budget=1000)
+    ready(5), ready(10)
+    cost.ratio = 0.53  # off by more than 0.02: the window starts again
+    assert ready(15) is None
+    cost.ratio = 0.51
+    assert [ready(s) for s in (20, 25, 30, 35)] == [None] * 4 and ready(40) == "ready"
+    gates.p = [torch.tensor([0.5, 0.5, 0.6, 0.4])]  # not polarized: never ready, until the deadline
+    ready = _Readiness(gates, cost, LearnConfig(target=0.5, ready_window=20, max_learn_share=0.1), budget=1000)
+    assert all(ready(s) is None for s in range(5, 100, 5)) and ready(100) == "deadline"
