@@ -172,7 +172,10 @@ def accuracy_section() -> list[str]:
             "every layer, bisected to t x the dense FLOPs), or GroupNormPruner's sparse learning for a third of the "
             "budget first (`group-sl`); then fine-tuned with its documented recipe (SGD lr 0.01, wd 5e-4, x0.1 at "
             "60%/80%) or, `+cp`, with chanprune's (distillation from the baseline, one-cycle at lr 0.02, wd 1e-4). "
-            "After pruning: validation accuracy right after the cut (chanprune: at the freeze). Train time: the "
+            "`@wall`: the same method given as much training time as chanprune's run of that seed took (its steps "
+            "scaled by the ratio of the two train times): the comparison at equal wall time. "
+            "After pruning: validation accuracy right after the cut (chanprune: at the freeze; this split was "
+            "part of the baseline's training data, so it reads high). Train time: the "
             "training loops' own seconds. Rerun a row: delete it from the .jsonl and run the suite again. "
             f"Machine: {machines(runs)}."), "",
            ("| arch | target | method | FLOPs | after pruning (val) | final test (mean ± sd) | change vs baseline | "
@@ -206,6 +209,10 @@ def accuracy_section() -> list[str]:
     out += [""] + goals
     if ablation:
         out += ["", "#### Ablations: one lever each (ResNet-20, t = 0.5, one seed)", "",
+                ("`python benchmarks/accuracy.py --suite ablations`. Each lever at t itself (not at the matched "
+                 "FLOPs), against `cp-default`, the default recipe at t. One seed: a difference below the test "
+                 "split's standard error (about 0.28 points at 91%) is noise. Train times above 300 s were "
+                 "measured while the test suite ran beside them; compare those rows on accuracy only."), "",
                 "| method | lever | FLOPs | froze | final test | vs the default | train time |", "|---|---|---|---|---|---|---|"]
         ref = {(r["arch"], r["setup"], r["target"], r["seed"]): r for r in runs if r["method"] == "cp-default"}
         for r in sorted(ablation, key=lambda r: r["method"] != "cp-default"):
