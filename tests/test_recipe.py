@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from chanprune.cut import SlimTwin
-from chanprune.freeze import random_plan
+from chanprune.freeze import freeze, project_plan, random_plan
 from chanprune.gates import GateSet, GumbelGate
 from chanprune.graph import find_groups
 from chanprune.importance import group_norm
@@ -181,16 +181,19 @@ def test_learn_bad_input_exits_2_with_one_line_and_writes_nothing(args, says, tm
     assert "Traceback" not in r.output and not (out / "model.pt").exists()
 
 
-def test_projection_moves_the_plan_onto_the_target_by_gate_probability():
+def _residual_flops(seed: int):
+    """A residual net's groups, its FLOPs cost and random gate probabilities."""
     from chanprune.cost import make_cost
-    from chanprune.freeze import freeze, project_plan
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = nets.Residual(num_classes=5)
     x = torch.zeros(1, 3, 16, 16)
     graph = find_groups(model, x)
-    cost = make_cost("flops", model, x, graph)
-    probs = [torch.rand(g.size) for g in graph.groups]
+    return graph, make_cost("flops", model, x, graph), [torch.rand(g.size) for g in graph.groups]
+
+
+def test_projection_moves_the_plan_onto_the_target_by_gate_probability():
+    graph, cost, probs = _residual_flops(seed=0)
     plan = freeze(graph, probs, tau=0.2, cost=cost)  # keeps ~80%: far above a 0.5 target
     assert cost.ratio(plan) > 0.6
     down = project_plan(plan, graph, cost, 0.5)
@@ -200,7 +203,6 @@ def test_projection_moves_the_plan_onto_the_target_by_gate_probability():
     still = [p[c].item() for gd, p in zip(down.groups, probs) for c in gd.keep]
     assert dropped and max(d for d, _ in dropped) <= min(still) + 1e-6 or all(len(g.keep) == 1 for g in down.groups)
     assert all(gd.keep for gd, gp in zip(down.groups, plan.groups) if gp.keep)  # no group emptied
-    # one channel fewer removed would be above the target: the fewest moves
     for p in probs:
         p[0] = 0.99  # every group keeps one channel at tau 0.9: far below the target, none emptied
     low = freeze(graph, probs, tau=0.9, cost=cost)
@@ -220,15 +222,8 @@ def test_inspect_says_when_and_why_the_gates_froze(base, tmp_path):
 
 
 def test_projection_with_zero_tolerance_ends_at_the_target_or_just_below():
-    from chanprune.cost import make_cost
-    from chanprune.freeze import freeze, project_plan
-
-    torch.manual_seed(1)
-    model = nets.Residual(num_classes=5)
-    x = torch.zeros(1, 3, 16, 16)
-    graph = find_groups(model, x)
-    cost = make_cost("flops", model, x, graph)
-    plan = freeze(graph, [torch.rand(g.size) for g in graph.groups], tau=0.3, cost=cost)
+    graph, cost, probs = _residual_flops(seed=1)
+    plan = freeze(graph, probs, tau=0.3, cost=cost)
     target = cost.ratio(plan) - 0.01  # within the usual 0.02: left alone by default
     assert project_plan(plan, graph, cost, target) is plan
     exact = project_plan(plan, graph, cost, target, tolerance=0.0)
