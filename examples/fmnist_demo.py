@@ -2,7 +2,8 @@
 
 1. a ResNet-20 trained on Fashion-MNIST (shipped as examples/fmnist_resnet20_baseline.pt; this
    script re-trains it with `chanprune train` when the file is missing: 8 epochs, seed 0),
-2. `chanprune learn --target 0.5` (on 20,000 training images, 3 epochs, then 1 fine-tuning epoch),
+2. `chanprune learn --target 0.5 --epochs 4` (on 20,000 training images; the default recipe: the
+   gates freeze when ready, the slim model is fine-tuned for the rest, distilled from the baseline),
 3. `chanprune export --onnx` of the slim model, again with `--round-to 4` (channel counts that
    onnxruntime's CPU kernels like), and `--dense` for the reference,
 4. `chanprune eval` of the gated model, the slim model and its ONNX on the 10,000 test images,
@@ -58,7 +59,7 @@ def main():
     if run.exists():
         shutil.rmtree(run)
     learned = cli("learn", "--arch", "resnet20", "--weights", BASELINE, "--data", "fashion-mnist", "--target", 0.5,
-                  "--limit", 20000, "--epochs", 3, "--finetune-epochs", 1, "--calibrate-bn", 50, "--out", run)
+                  "--limit", 20000, "--epochs", 4, "--out", run)
     slim = cli("export", run / "model.pt", "--onnx")
     aligned = cli("export", run / "model.pt", "--onnx", "--round-to", 4, "--out", run / "round4")
     dense = cli("export", run / "model.pt", "--dense")
