@@ -155,7 +155,6 @@ class GatedCheckpoint(DenseCheckpoint):
     result: dict | None = None  # the final figures, once stage is "done"
     frozen: dict | None = None  # when and why the gates froze: reason, steps learned, cost and polarization then
 
-
     @property
     def tuned_for_plan(self) -> bool:
         """Whether the weights were adapted to the stored plan (fine-tuned or BN-recalibrated under it)."""

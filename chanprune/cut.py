@@ -76,11 +76,14 @@ class SlimTwin:
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, plan: PrunePlan, inputs: torch.Tensor):
         self.model, self.plan = model, plan
-        self.slim = apply_plan_(copy.deepcopy(model), plan, inputs[:1], graph=graph)
-        self.origins = self._trace(model, graph, plan, inputs[:1])
+        probe, self.origins = self._trace(model, graph, plan, inputs[:1])
+        dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
+        self.slim = probe.to(dtype)  # the one cut: its entries are positions until `_gather_` fills them
+        self._gather_()
 
     @staticmethod
-    def _trace(model, graph, plan, x) -> dict[str, tuple[str, torch.Tensor]]:
+    def _trace(model, graph, plan, x) -> tuple[nn.Module, dict[str, tuple[str, torch.Tensor]]]:
+        """The cut float64 copy, and for each of its floating entries (gated tensor, flat indices)."""
         probe = copy.deepcopy(model).double()
         full = {k: v for k, v in probe.state_dict().items() if v.is_floating_point()}
         names, offsets, n = [], [], 0
@@ -105,7 +108,15 @@ class SlimTwin:
             if (ids != ids.round()).any() or local.min() < 0 or local.max() >= src.numel():
                 raise ValueError(f"slim {k!r} is not a selection of one gated tensor")
             origins[k] = (names[owner], local.long())
-        return origins
+        return cut_probe, origins
+
+    @torch.no_grad()
+    def _gather_(self) -> None:
+        """Fill the slim model from the gated one: the inverse of `write_back_`."""
+        src = self.model.state_dict()
+        dst = self.slim.state_dict()
+        for k, (name, idx) in self.origins.items():
+            dst[k].copy_(src[name].view(-1)[idx].view_as(dst[k]))
 
     @torch.no_grad()
     def write_back_(self) -> nn.Module:

@@ -123,7 +123,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               show_default=True, help="Without --finetune-epochs: freeze at the latest after this share of the budget.")
 @click.option("--project/--no-project", default=True, show_default=True,
               help="After freezing, drop (add) the least (most) probable channels until the predicted cost is "
-                   "at the target, when it is more than 0.02 away.")
+                   "at the target, when it is more than --project-tolerance away.")
 @click.option("--project-tolerance", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="Project when the frozen plan's cost is further than this from the target (0: whenever it is "
                    "off; it ends at the target or below).")
@@ -139,8 +139,8 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
-          finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project, project_tolerance, gate_init, gate_temperature_final,
-          calibrate_bn, ignore, min_keep):
+          finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
+          project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.

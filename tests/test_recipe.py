@@ -39,6 +39,12 @@ def test_slim_training_written_back_is_what_the_gated_model_computes(net):
     plan = random_plan(graph, keep=0.5, seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     twin = SlimTwin(model, graph, plan, x)
+    gates = GateSet(graph).attach_(model).fix_(plan.keep_masks(graph))
+    model.eval(), twin.slim.eval()
+    with torch.no_grad():  # the twin starts as the gated model's cut
+        torch.testing.assert_close(model(x), twin.slim(x), atol=1e-5, rtol=1e-4)
+    gates.detach_()
+    model.train()
     opt = torch.optim.SGD(twin.slim.parameters(), lr=0.1, momentum=0.9)
     twin.slim.train()
     for _ in range(3):
@@ -49,7 +55,7 @@ def test_slim_training_written_back_is_what_the_gated_model_computes(net):
     twin.write_back_()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "nothing was written back"
-    gates = GateSet(graph).attach_(model).fix_(plan.keep_masks(graph))
+    gates.attach_(model)
     model.eval(), twin.slim.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), twin.slim(x), atol=1e-5, rtol=1e-4)
