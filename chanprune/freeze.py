@@ -89,35 +89,47 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
 
 
 def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float, *, tolerance: float = 0.02,
-                 min_keep: int = 0) -> PrunePlan:
+                 min_keep: int = 0, units: list[list[list[int]] | None] | None = None) -> PrunePlan:
     """Move a frozen plan's predicted cost onto `target` when it is further than `tolerance` away.
 
     Above: drop kept channels, the least probable first (over all groups), as few as bring the cost
     to the target or below. Below: add back dropped channels, the most probable first, as many as
     keep it at or below the target. A group is never emptied or revived by this, keeps at least
-    `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. The
-    plan's meta records both ratios (`projected`).
+    `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. With
+    `units` (per group, the channel blocks that move together, `GateSet.units()`), whole blocks move:
+    an aligned plan stays aligned. The plan's meta records both ratios (`projected`).
     """
     r0 = cost.ratio(plan)
     if abs(r0 - target) <= tolerance:
         return plan
     above = r0 > target
-    cands = []  # (p, group index, channel)
+    cands = []  # (p, group index, first channel, channels)
     for gi, gp in enumerate(plan.groups):
         g = graph.group(gp.name)
         if g.partition or not gp.keep or gp.probs is None:
             continue
         kept = set(gp.keep)
-        pool = kept if above else set(range(gp.size)) - kept
-        spare = len(kept) - max(1, min_keep) if above else len(pool)
-        ranked = sorted(pool, key=lambda c: (gp.probs[c], c), reverse=not above)[:max(0, spare)]
-        cands += [(gp.probs[c], gi, c) for c in ranked]
+        blocks = (units[gi] if units is not None and units[gi] is not None else [[c] for c in range(gp.size)])
+        blocks = [b for b in blocks if b]
+        pool = [b for b in blocks if (set(b) <= kept if above else not set(b) & kept)]
+        if above:
+            floor = max(1, min_keep)
+            ranked = sorted(pool, key=lambda b: (max(gp.probs[c] for c in b), b[0]))
+            left, take = len(kept), []
+            for b in ranked:
+                if left - len(b) < floor:
+                    break
+                take.append(b)
+                left -= len(b)
+        else:
+            take = sorted(pool, key=lambda b: (max(gp.probs[c] for c in b), b[0]), reverse=True)
+        cands += [(max(gp.probs[c] for c in b), gi, b[0], b) for b in take]
     cands.sort(key=lambda t: (t[0], t[1], t[2]), reverse=not above)
 
     def moved(k: int) -> PrunePlan:
         change: dict[int, set] = {}
-        for _, gi, c in cands[:k]:
-            change.setdefault(gi, set()).add(c)
+        for _, gi, _, chans in cands[:k]:
+            change.setdefault(gi, set()).update(chans)
         groups = []
         for gi, gp in enumerate(plan.groups):
             d = change.get(gi, set())
@@ -135,7 +147,8 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
             lo, hi = (mid, hi) if ok else (lo, mid - 1)
     out = moved(lo)
     r1 = cost.ratio(out)
-    out.meta["projected"] = {"from": r0, "to": r1, "channels": lo, "tolerance": tolerance}
+    moved_channels = sum(len(t[3]) for t in cands[:lo])
+    out.meta["projected"] = {"from": r0, "to": r1, "channels": moved_channels, "units": lo, "tolerance": tolerance}
     out.meta["cost"] = {"name": cost.name, "ratio": r1}
     return out
 

@@ -23,6 +23,15 @@ class Reporter:
             self.close()
             click.echo(f"froze after {row['steps']} steps ({row['reason']}): cost {row['cost_ratio_at_tau']:.3f} "
                        f"at tau, {row['polarized']:.0%} polarized", err=True)
+        elif kind == "warning":
+            self.close()
+            click.echo(f"warning: {row['message']}", err=True)
+        elif kind == "graph":  # --lut auto: the profiler's stages
+            click.echo(f"profiling (--lut auto): {row['layers']} gated layers, {row['points']} points", err=True)
+        elif kind == "calibrate":
+            click.echo(f"profiling: calibrating batch {row['batch']} against {row['models']} whole models", err=True)
+        elif kind == "cached":
+            click.echo(f"profiling: using the cached table {row['path']}", err=True)
         elif kind == "done":
             click.echo("the run is already complete; nothing to resume", err=True)
         elif kind == "step" and self.tty:

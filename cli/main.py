@@ -8,6 +8,7 @@ import click
 from .check import check
 from .deploy import bench, evaluate, export, report
 from .learning import inspect, learn, train
+from .profile import profile
 
 
 def _version() -> str:
@@ -41,6 +42,7 @@ main.add_command(inspect)
 main.add_command(export)
 main.add_command(evaluate)
 main.add_command(bench)
+main.add_command(profile)
 main.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,545 @@
+"""`profile`: measure a model's latency table (`measure.lut.LatencyTable`) on one backend.
+
+What is timed. Every conv (dense, grouped, depthwise) and linear layer with at least one gated side
+(a channel-graph site of role "in", "out" or "dw") gets a grid of kept counts per side: the
+multiples of the block up to the layer's width, plus the width itself; an ungated side (a stem's
+RGB inputs, a classifier's outputs) is the one point [width]. At most `samples` points per side
+are timed, evenly spread over that grid, the smallest and the full width always among them; the
+table interpolates bilinearly between them (exact for a cost bilinear in the two counts). Each
+point is a one-layer model of the kept shape at the layer's own input size, stride, padding,
+dilation and groups: `nn.ConvNd`/`nn.Linear` *with* bias (batch norm folds into the conv in
+onnxruntime) and *without* the activation (onnxruntime fuses a following ReLU into the conv, so
+it costs next to nothing; the calibration's scale absorbs what is left). On ort-* the layer is
+exported to ONNX (`export.export_onnx`) and run in a session with the deployment's settings
+(`measure.latency.make_runner`); on torch-* the module runs as it is. The median of repeated runs
+is the point's time, repeats adapting to about `point_seconds` a point (at least 3 after a warm-up).
+
+Grouped convs: a kept count must stay divisible by the conv's groups (equal counts per group), and
+`freeze.round_plan` leaves such groups unrounded, so a grouped (not depthwise) conv's gated sides
+are timed at the multiples of lcm(block, groups), plus the full width.
+
+Deduplication and caching. Layers with one signature (kind, kernel, stride, padding, dilation,
+groups, input size, widths) share their points; every (signature, kept in, kept out, batch) is
+timed once per profile, and, unless `cache=False`, kept in a per-machine point cache for the next
+profile. A whole table is cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed
+by the architecture (name and structure, not weight values: latency does not depend on them),
+input shape, backend, threads, batch sizes, block, sampling, calibration and the machine.
+
+Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
+block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
+(`measure_interleaved`); `model_ms = scale * sum(layer ms) + offset_ms` is fitted by least squares
+(a non-positive or non-finite scale falls back to scale 1 and the mean residual). One more random
+plan, not in the fit, is the holdout: its relative error is the honest one.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifacts import atomic_write_text
+from .cut import cut
+from .errors import ArtifactError, ChanpruneError
+from .export import export_onnx
+from .freeze import random_plan, round_plan
+from .graph import ChannelGraph, find_groups
+from .measure.latency import BACKENDS, available_backends, make_runner, measure_interleaved
+from .measure.lut import LUT_VERSION, LatencyTable, LayerTable, default_block, kept_counts, machine_info
+from .zoo import build_model
+
+__all__ = ["profile_model", "cache_root", "sample_grid", "side_grid", "POINT_SECONDS"]
+
+POINT_SECONDS = 0.15  # time spent running one point (plus its export and session)
+_MAX_RUNS = 500  # per point: a 20 µs layer needs no more
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+Progress = Callable[[str, dict], None]
+
+
+# ----------------------------------------------------------------------------- grids
+def side_grid(width: int, step: int, gated: bool) -> list[int]:
+    """The kept counts a side may take: multiples of `step` up to `width`, plus `width`; [width] ungated."""
+    if not gated:
+        return [width]
+    grid = list(range(step, width + 1, step))
+    if not grid or grid[-1] != width:
+        grid.append(width)
+    return grid
+
+
+def sample_grid(grid: list[int], samples: int) -> list[int]:
+    """At most `samples` counts of `grid`, evenly spread, its first and last always among them."""
+    if len(grid) <= samples:
+        return list(grid)
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(grid) - 1, samples)})
+    return [grid[i] for i in idx]
+
+
+# ----------------------------------------------------------------------------- the layers
+@dataclass
+class _Layer:
+    module: str
+    kind: str  # "conv", "dw", "linear"
+    layer: nn.Module
+    channels_in: int
+    channels_out: int
+    gated_in: bool
+    gated_out: bool
+    input_size: list[int] = field(default_factory=list)  # conv: spatial dims; linear: dims between batch and features
+    calls: int = 0
+
+    @property
+    def groups(self) -> int:
+        return getattr(self.layer, "groups", 1)
+
+    @property
+    def attrs(self) -> dict:
+        m = self.layer
+        a: dict = {"input_size": list(self.input_size), "calls": self.calls}
+        if isinstance(m, _CONVS):
+            a.update(kernel=list(m.kernel_size), stride=list(m.stride),
+                     padding=m.padding if isinstance(m.padding, str) else list(m.padding),
+                     dilation=list(m.dilation), groups=m.groups, padding_mode=m.padding_mode, dims=len(m.kernel_size))
+        return a
+
+    @property
+    def signature(self) -> str:
+        a = {k: v for k, v in self.attrs.items() if k != "calls"}
+        return f"{self.kind}|{json.dumps(a, sort_keys=True)}|{self.channels_in}->{self.channels_out}"
+
+    def step(self, block: int) -> int:
+        g = self.groups if self.kind == "conv" else 1
+        return block * g // math.gcd(block, g)
+
+    def grids(self, block: int, samples: int) -> tuple[list[int], list[int]]:
+        step = self.step(block)
+        if self.kind == "dw":
+            return sample_grid(side_grid(self.channels_in, step, True), samples), [self.channels_out]
+        return (sample_grid(side_grid(self.channels_in, step, self.gated_in), samples),
+                sample_grid(side_grid(self.channels_out, step, self.gated_out), samples))
+
+    def build(self, kin: int, kout: int) -> nn.Module:
+        """The one-layer model at kept counts (with bias, no activation)."""
+        m = self.layer
+        if isinstance(m, nn.Linear):
+            return nn.Linear(kin, kout, bias=True).eval()
+        groups = kin if self.kind == "dw" else m.groups
+        kout = kin if self.kind == "dw" else kout
+        return type(m)(kin, kout, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                       groups=groups, bias=True, padding_mode=m.padding_mode).eval()
+
+    def input_shape(self, kin: int, batch: int) -> list[int]:
+        if isinstance(self.layer, nn.Linear):
+            return [batch, *self.input_size, kin]
+        return [batch, kin, *self.input_size]
+
+
+def _gated_layers(model: nn.Module, graph: ChannelGraph, x: torch.Tensor) -> list[_Layer]:
+    roles: dict[str, set[str]] = {}
+    for g in graph.groups:
+        for s in g.sites:
+            roles.setdefault(s.module, set()).add(s.role)
+    layers = []
+    for name, m in model.named_modules():
+        r = roles.get(name, set())
+        if not isinstance(m, (*_CONVS, nn.Linear)) or not r & {"in", "out", "dw"}:
+            continue
+        if isinstance(m, nn.Linear):
+            layers.append(_Layer(name, "linear", m, m.in_features, m.out_features, "in" in r, "out" in r))
+        elif "dw" in r:
+            layers.append(_Layer(name, "dw", m, m.in_channels, m.out_channels, True, True))
+        else:
+            layers.append(_Layer(name, "conv", m, m.in_channels, m.out_channels, "in" in r, "out" in r))
+
+    def hook(layer: _Layer):
+        def fn(mod, inputs, output):
+            layer.calls += 1
+            if layer.calls == 1 and inputs and torch.is_tensor(inputs[0]):
+                shape = list(inputs[0].shape)
+                layer.input_size = shape[1:-1] if layer.kind == "linear" else shape[2:]
+        return fn
+
+    hooks = [lay.layer.register_forward_hook(hook(lay)) for lay in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [lay for lay in layers if lay.calls > 0]
+
+
+# ----------------------------------------------------------------------------- timing
+def _time_runner(run: Callable[[], None], budget_s: float) -> float:
+    """Median milliseconds of one call: a warm-up, then as many runs as fit `budget_s` (at least 3)."""
+    run()
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    n = int(min(_MAX_RUNS, max(3, budget_s / max(once, 1e-6))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def _time_models(runners: dict[str, Callable[[], None]], budget_s: float) -> dict[str, float]:
+    """Median milliseconds per call of each runner, measured round by round side by side."""
+    once = 0.0
+    for run in runners.values():
+        run()
+        t0 = time.perf_counter()
+        run()
+        once += time.perf_counter() - t0
+    per_round = max(1, int(round(0.02 / max(once / len(runners), 1e-6))))
+    rounds = int(min(40, max(5, budget_s / max(once * per_round, 1e-6))))
+    times = measure_interleaved(runners, warmup=2, rounds=rounds, per_round=per_round)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+class _Points:
+    """Milliseconds per (signature, kept in, kept out, batch): timed once; kept on disk between
+    profiles of one machine, backend and thread count unless the cache is off."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.ms: dict[str, float] = {}
+        self.stored: dict[str, float] = {}
+        self.timed = 0
+        self.reused = 0
+        self._saved = time.monotonic()
+        if path is not None and path.is_file():
+            try:
+                d = json.loads(path.read_text())
+                self.stored = {k: float(v) for k, v in d.items()} if isinstance(d, dict) else {}
+            except (OSError, ValueError, TypeError):
+                self.stored = {}
+
+    def get(self, key: str) -> float | None:
+        if key in self.ms:
+            return self.ms[key]
+        if key in self.stored:
+            self.reused += 1
+            self.ms[key] = self.stored[key]
+            return self.ms[key]
+        return None
+
+    def put(self, key: str, ms: float) -> None:
+        self.ms[key] = ms
+        self.timed += 1
+
+    def save(self, *, force: bool = False) -> None:
+        if self.path is None or not self.timed or (not force and time.monotonic() - self._saved < 10):
+            return
+        try:
+            current = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            if not isinstance(current, dict):
+                current = {}
+        except (OSError, ValueError):
+            current = {}
+        current.update(self.ms)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(current, sort_keys=True))
+        except (OSError, ArtifactError):
+            pass  # a cache that cannot be written is no reason to fail a profile
+        self._saved = time.monotonic()
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, backend: str):
+    """What `make_runner` runs: the ONNX file (ort-*) or the module itself (torch-*)."""
+    if backend.startswith("ort"):
+        return export_onnx(module, example, path)
+    return copy.deepcopy(module).eval()  # make_runner moves it to its device: not the caller's model
+
+
+def _time_layer(lay: _Layer, grid_in: list[int], grid_out: list[int], batch_sizes: list[int], *, backend: str,
+                threads: int, points: _Points, budget_s: float, tmp: Path) -> dict[str, list[list[float]]]:
+    ms = {str(b): [[0.0] * len(grid_out) for _ in grid_in] for b in batch_sizes}
+    sig = lay.signature
+    for i, kin in enumerate(grid_in):
+        for j, kout in enumerate(grid_out):
+            keys = {b: f"{sig}|{kin}x{kout}|b{b}" for b in batch_sizes}
+            todo = [b for b in batch_sizes if points.get(keys[b]) is None]
+            if todo:
+                module = lay.build(kin, kout)
+                target = _export(module, torch.zeros(lay.input_shape(kin, 1)), tmp / "layer.onnx", backend)
+                for b in todo:
+                    run = make_runner(target, backend, lay.input_shape(kin, b), threads=threads)
+                    points.put(keys[b], _time_runner(run, budget_s))
+                    del run
+            for b in batch_sizes:
+                ms[str(b)][i][j] = points.get(keys[b]) * (lay.calls or 1)
+    return ms
+
+
+# ----------------------------------------------------------------------------- calibration
+def _fit(x: list[float], y: list[float]) -> tuple[float, float]:
+    """scale, offset of y = scale * x + offset by least squares; scale 1 and the mean residual where
+    that is not a positive, finite fit (a single point, equal sums, a negative slope)."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    scale = offset = float("nan")
+    if len(xa) >= 2 and np.ptp(xa) > 0:
+        scale, offset = (float(v) for v in np.polyfit(xa, ya, 1))
+    if not (math.isfinite(scale) and math.isfinite(offset) and scale > 0):
+        scale, offset = 1.0, float(np.mean(ya - xa))
+    return scale, offset
+
+
+def _calibration_plans(graph: ChannelGraph, n: int, block: int, seed: int) -> tuple[list[tuple[float, int, object]], tuple]:
+    keeps = [0.5] if n == 1 else [round(float(k), 3) for k in np.linspace(0.3, 0.7, n)] if n > 1 else []
+    fit = [(k, seed + i, round_plan(random_plan(graph, keep=k, seed=seed + i), graph, block)) for i, k in enumerate(keeps)]
+    hold_seed = seed + 1000
+    holdout = (0.6, hold_seed, round_plan(random_plan(graph, keep=0.6, seed=hold_seed), graph, block))
+    return fit, holdout
+
+
+def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: torch.Tensor, *, plans: int,
+               seed: int, backend: str, threads: int, budget_s: float, tmp: Path,
+               progress: Progress | None) -> dict[str, dict]:
+    fit, holdout = _calibration_plans(graph, plans, table.block, seed)
+    models = {"dense": (1.0, None, None, model)}
+    for k, s, plan in [*fit, holdout]:
+        slim = cut(model, graph, plan, x).slim
+        models[f"keep {k} seed {s}"] = (k, s, plan, slim)
+    targets = {name: _export(m, x, tmp / f"model{i}.onnx", backend) for i, (name, (*_, m)) in enumerate(models.items())}
+    ones = [torch.ones(g.size) for g in graph.groups]
+    sums = {}
+    for name, (_, _, plan, _) in models.items():
+        counts = kept_counts(table, graph, ones if plan is None else plan.keep_masks(graph))
+        sums[name] = counts
+    hold_name = list(models)[-1]
+    out = {}
+    for b in table.batch_sizes:
+        if progress:
+            progress("calibrate", {"batch": b, "models": len(models)})
+        shape = [b, *x.shape[1:]]
+        runners = {name: make_runner(t, backend, shape, threads=threads) for name, t in targets.items()}
+        measured = _time_models(runners, budget_s)
+        del runners
+        layer_ms = {name: float(sum(t.at(*sums[name][t.module], b) for t in table.layers)) for name in models}
+        in_fit = [n for n in models if n != hold_name]
+        scale, offset = _fit([layer_ms[n] for n in in_fit], [measured[n] for n in in_fit])
+
+        def row(name):
+            keep, s, _, _ = models[name]
+            pred = scale * layer_ms[name] + offset
+            return {"keep": keep, "seed": s, "measured_ms": measured[name], "predicted_ms": pred,
+                    "layers_ms": layer_ms[name], "rel_error": (pred - measured[name]) / measured[name]}
+
+        rows = [row(n) for n in in_fit]
+        hold = row(hold_name)
+        out[str(b)] = {"scale": scale, "offset_ms": offset, "dense_ms": measured["dense"],
+                       "layers_dense_ms": layer_ms["dense"],
+                       "error": {"plans": rows, "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows)},
+                       "holdout": hold}
+        if progress:
+            progress("calibrated", {"batch": b, **out[str(b)]})
+    return out
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    """$CHANPRUNE_CACHE, or ~/.cache/chanprune."""
+    return Path(os.environ.get("CHANPRUNE_CACHE") or os.path.expanduser("~/.cache/chanprune"))
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """The architecture, not the weights: every leaf module's name and repr (shapes, strides, ...)."""
+    return _sha([(n, repr(m)) for n, m in model.named_modules() if next(m.children(), None) is None])
+
+
+def _machine_key(machine: dict) -> dict:
+    return {k: machine.get(k) for k in ("cpu", "isa", "backend", "backend_version", "threads", "device")}
+
+
+# ----------------------------------------------------------------------------- the command
+def _check_args(input_shape, backend, threads, batch_sizes, block, samples, calibration_plans, point_seconds):
+    if (not isinstance(input_shape, (list, tuple)) or not 3 <= len(input_shape) <= 5
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+        raise ChanpruneError(f"--input-shape {input_shape}: expected 3 to 5 positive integers like 1,3,224,224")
+    if backend not in BACKENDS:
+        raise ChanpruneError(f"--backend {backend!r}: unknown; choose from {', '.join(BACKENDS)}")
+    why = available_backends()[backend]
+    if why is not None:
+        raise ChanpruneError(f"--backend {backend} is not available here: {why}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ChanpruneError(f"--threads {threads}: must be >= 1")
+    sizes = list(dict.fromkeys(batch_sizes))
+    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+        raise ChanpruneError(f"--batch-size {','.join(map(str, batch_sizes))}: batch sizes must be integers >= 1")
+    if block is not None and (not isinstance(block, int) or block < 1):
+        raise ChanpruneError(f"--block {block}: must be >= 1 (or auto)")
+    if not isinstance(samples, int) or samples < 2:
+        raise ChanpruneError(f"--samples {samples}: must be >= 2 (the smallest count and the full width)")
+    if not isinstance(calibration_plans, int) or calibration_plans < 0:
+        raise ChanpruneError(f"--calibration-plans {calibration_plans}: must be >= 0")
+    if not point_seconds > 0:
+        raise ChanpruneError(f"point_seconds {point_seconds}: must be > 0")
+    return sizes
+
+
+def _build(model, arch, weights, num_classes, in_channels) -> tuple[nn.Module, str | None]:
+    if isinstance(model, nn.Module):
+        if weights is not None:
+            from .artifacts import load_state_dict_file
+
+            try:
+                model.load_state_dict(load_state_dict_file(weights), strict=True)
+            except RuntimeError as e:
+                raise ArtifactError(f"--weights {weights}: does not fit the model "
+                                    f"({str(e).strip().splitlines()[0][:200]})") from e
+        return model, arch
+    if not isinstance(model, str) or not model:
+        raise ChanpruneError("give an arch name or an nn.Module")
+    arch = model
+    if weights is not None and num_classes is None and Path(weights).is_file():
+        from .artifacts import DENSE_FORMAT, _safe_torch_load  # a dense checkpoint knows its classifier
+
+        obj = _safe_torch_load(Path(weights))
+        if isinstance(obj, dict) and obj.get("format") == DENSE_FORMAT:
+            if obj.get("arch") != arch:
+                raise ArtifactError(f"--weights {weights} holds a {obj.get('arch')}, not a {arch}")
+            num_classes = (obj.get("build_kwargs") or {}).get("num_classes")
+    return build_model(arch, num_classes=num_classes, in_channels=in_channels, weights=weights), arch
+
+
+def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: str | None = None,
+                  arch: str | None = None, num_classes: int | None = None, backend: str = "ort-cpu",
+                  threads: int = 2, batch_sizes=(1,), block: int | None = None, samples: int = 4,
+                  calibration_plans: int = 3, cache: bool = True, point_seconds: float = POINT_SECONDS,
+                  seed: int = 0, progress: Progress | None = None) -> LatencyTable:
+    """Measure the latency table of a model on this machine (see the module's docstring).
+
+    Args:
+        model: an arch name for the zoo (built with `num_classes`, the input's channels and
+            `weights`), or a dense `nn.Module` (`arch` then names it in the table; `weights`, a
+            state_dict file, is loaded into it).
+        input_shape: N,C,H,W (or N,C,L / N,C,D,H,W); N is ignored, `batch_sizes` say what is timed.
+        backend: "ort-cpu" (the deployment), "ort-cuda", "torch-cpu", "torch-cuda"; one not
+            available here raises `ChanpruneError`.
+        threads: the session's intra-op threads (inter-op 1, no spinning: `make_runner`).
+        block: kept counts are timed at multiples of it (default `default_block(backend)`).
+        samples: at most this many counts per side (>= 2).
+        calibration_plans: random aligned plans in the whole-model fit (besides the dense model;
+            one more is the holdout).
+        cache: load a cached table with the same key, reuse cached points, and store both.
+        point_seconds: about how long one point runs.
+        progress: `progress(stage, info)` with stage "graph", "layer", "calibrate", "calibrated"
+            or "cached".
+
+    Returns:
+        The table; `meta["cache"]` says whether it came from the cache ("hit") and where it is kept.
+    """
+    t_start = time.perf_counter()
+    sizes = _check_args(input_shape, backend, threads, batch_sizes, block, samples, calibration_plans, point_seconds)
+    block = default_block(backend) if block is None else block
+    model, arch = _build(model, arch, weights, num_classes, input_shape[1])
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros([1, *input_shape[1:]])
+        graph = find_groups(model, x)
+        layers = _gated_layers(model, graph, x)
+        if not layers:
+            raise ChanpruneError(f"{arch or 'the model'}: no gated conv or linear layer to profile "
+                                 f"({len(graph.groups)} channel groups)")
+        machine = machine_info(backend, threads)
+        settings = {"arch": arch, "fingerprint": _fingerprint(model), "input_shape": list(input_shape[1:]),
+                    "backend": backend, "threads": threads, "batch_sizes": sizes, "block": block, "samples": samples,
+                    "calibration_plans": calibration_plans, "point_seconds": point_seconds, "seed": seed,
+                    "machine": _machine_key(machine), "version": LUT_VERSION}
+        root = cache_root() / "profiles"
+        path = root / f"{_sha(settings)}.json"
+        if cache and path.is_file():
+            try:
+                table = LatencyTable.load(path)
+            except ValueError:
+                table = None
+            if table is not None:
+                table.meta["cache"] = {"hit": True, "path": str(path)}
+                if progress:
+                    progress("cached", {"path": str(path), "layers": len(table.layers)})
+                return table
+        point_key = _sha({**_machine_key(machine), "point_seconds": point_seconds, "version": LUT_VERSION})
+        points = _Points(root / "points" / f"{point_key}.json" if cache else None)
+        unique: dict[tuple, list[_Layer]] = {}
+        grids = {}
+        for lay in layers:
+            gi, go = lay.grids(block, samples)
+            key = (lay.signature, tuple(gi), tuple(go), lay.calls)
+            unique.setdefault(key, []).append(lay)
+            grids[key] = (gi, go)
+        if progress:
+            progress("graph", {"layers": len(layers), "unique": len(unique),
+                               "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
+        tables: dict[tuple, dict] = {}
+        with tempfile.TemporaryDirectory(prefix="chanprune-profile-") as tmpdir:
+            tmp = Path(tmpdir)
+            for i, (key, lays) in enumerate(unique.items()):
+                t0, timed0 = time.perf_counter(), points.timed
+                gi, go = grids[key]
+                tables[key] = _time_layer(lays[0], gi, go, sizes, backend=backend, threads=threads, points=points,
+                                          budget_s=point_seconds, tmp=tmp)
+                points.save()
+                if progress:
+                    lay = lays[0]
+                    progress("layer", {"index": i + 1, "total": len(unique), "module": lay.module,
+                                       "modules": [m.module for m in lays], "kind": lay.kind,
+                                       "channels_in": lay.channels_in, "channels_out": lay.channels_out,
+                                       "attrs": lay.attrs, "grid_in": gi, "grid_out": go,
+                                       "points": len(gi) * len(go) * len(sizes),
+                                       "timed": points.timed - timed0,
+                                       "seconds": time.perf_counter() - t0})
+            points.save(force=True)
+            layer_tables = []
+            for key, lays in unique.items():
+                gi, go = grids[key]
+                for lay in lays:
+                    layer_tables.append(LayerTable(lay.module, lay.kind, lay.channels_in, lay.channels_out, list(gi),
+                                                   list(go), {b: [list(r) for r in rows] for b, rows in tables[key].items()},
+                                                   {**lay.attrs, "step": lay.step(block)}))
+            order = {lay.module: i for i, lay in enumerate(layers)}
+            layer_tables.sort(key=lambda t: order[t.module])
+            table = LatencyTable(arch, list(input_shape[1:]), backend, threads, sizes, block, machine, layer_tables, {})
+            t_cal = time.perf_counter()
+            table.calibration = _calibrate(table, model, graph, x, plans=calibration_plans, seed=seed, backend=backend,
+                                           threads=threads, budget_s=10 * point_seconds, tmp=tmp, progress=progress)
+        n_points = sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)
+        table.meta = {
+            "samples": samples, "point_seconds": point_seconds, "calibration_plans": calibration_plans, "seed": seed,
+            "seconds": time.perf_counter() - t_start, "calibration_seconds": time.perf_counter() - t_cal,
+            "layers": len(layer_tables), "unique_layers": len(unique), "points": n_points,
+            "points_timed": points.timed, "points_reused": points.reused,
+            "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
+                         + ": Conv/Linear of the kept shape with bias, no activation"),
+            "grouped_convs": "gated sides timed at multiples of lcm(block, groups), plus the full width",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cache": {"hit": False, "path": str(path) if cache else None},
+        }
+        if cache:
+            try:
+                table.save(path)
+            except OSError:
+                table.meta["cache"]["path"] = None
+        return table
+    finally:
+        model.train(was_training)

@@ -1,0 +1,389 @@
+"""`chanprune profile`: the latency table of a tiny net (what is timed, grids, interpolation,
+calibration, caches) and the command's bad inputs. No timing number is asserted tightly."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import chanprune.profile as prof
+from chanprune.errors import ChanpruneError
+from chanprune.freeze import random_plan, round_plan
+from chanprune.graph import find_groups
+from chanprune.measure.latency import available_backends
+from chanprune.measure.lut import LatencyTable, LayerTable, kept_counts, machine_mismatch
+from chanprune.surgery import apply_plan_
+from chanprune_cli.main import main
+
+SHAPE = [1, 3, 16, 16]
+BLOCK = 4
+
+
+class Mixed(nn.Module):
+    """A dense stem, a 1x1 expansion, a depthwise conv, a grouped conv (8 groups), a projection and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, 2, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(32, 20, 1, bias=False), nn.BatchNorm2d(20), nn.ReLU())
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = self.grouped(self.dw(self.expand(self.stem(x))))
+        return self.fc(self.project(x).mean((2, 3)))
+
+
+class Counter:
+    """Wraps the two timers of `chanprune.profile` and counts their calls."""
+
+    def __init__(self, mp):
+        self.points = self.models = 0
+        point, models = prof._time_runner, prof._time_models
+
+        def count_point(*a, **k):
+            self.points += 1
+            return point(*a, **k)
+
+        def count_models(*a, **k):
+            self.models += 1
+            return models(*a, **k)
+
+        mp.setattr(prof, "_time_runner", count_point)
+        mp.setattr(prof, "_time_models", count_models)
+
+
+def _profile(**kw) -> LatencyTable:
+    args = dict(arch="mixed", block=BLOCK, samples=2, calibration_plans=2, point_seconds=0.005)
+    args.update(kw)
+    torch.manual_seed(0)
+    return prof.profile_model(Mixed(), SHAPE, **args)
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """One profile of `Mixed` in a fresh cache, then the same call again, and timers counted."""
+    cache = tmp_path_factory.mktemp("cache")
+    events = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHANPRUNE_CACHE", str(cache))
+        first = Counter(mp)
+        table = _profile(progress=lambda stage, info: events.append((stage, info)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHANPRUNE_CACHE", str(cache))
+        again = Counter(mp)
+        cached = _profile()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHANPRUNE_CACHE", str(cache))
+        recal = Counter(mp)
+        recalibrated = _profile(calibration_plans=1)
+    return {"table": table, "first": first, "events": events, "cached": cached, "again": again,
+            "recalibrated": recalibrated, "recal": recal, "cache": cache}
+
+
+def _gated_modules(model, graph) -> dict[str, set[str]]:
+    roles: dict[str, set[str]] = {}
+    for g in graph.groups:
+        for s in g.sites:
+            if s.role in ("in", "out", "dw"):
+                roles.setdefault(s.module, set()).add(s.role)
+    return {n: roles[n] for n, m in model.named_modules() if n in roles and isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+# ----------------------------------------------------------------------------- what is timed
+def test_the_table_covers_every_gated_conv_and_linear(profiled):
+    table = profiled["table"]
+    model = Mixed()
+    graph = find_groups(model, torch.zeros(SHAPE))
+    gated = _gated_modules(model, graph)
+    assert {t.module for t in table.layers} == set(gated)
+    kinds = {t.module: t.kind for t in table.layers}
+    assert kinds["dw.0"] == "dw" and kinds["fc"] == "linear" and kinds["grouped.0"] == "conv"
+    assert table.layer("grouped.0").attrs["groups"] == 8
+    assert table.layer("stem.0").attrs["input_size"] == [16, 16] and table.layer("expand.0").attrs["input_size"] == [8, 8]
+    assert table.layer("stem.0").attrs["stride"] == [2, 2]
+    assert table.meta["layers"] == len(table.layers) and table.meta["points_timed"] > 0
+    assert table.meta["cache"]["hit"] is False
+
+
+def test_grids_are_aligned_multiples_plus_the_full_width(profiled):
+    table = profiled["table"]
+    for t in table.layers:
+        step = t.attrs["step"]
+        assert step == (math.lcm(BLOCK, t.attrs["groups"]) if t.kind == "conv" else BLOCK), t.module
+        for grid, width in ((t.grid_in, t.channels_in), (t.grid_out, t.channels_out)):
+            assert grid == sorted(set(grid)) and grid[-1] == width and len(grid) <= 2
+            assert all(k % step == 0 for k in grid[:-1]), (t.module, grid)
+        for b in table.batch_sizes:
+            ms = t.ms[str(b)]
+            assert len(ms) == len(t.grid_in) and all(len(r) == len(t.grid_out) for r in ms)
+            assert all(v > 0 and math.isfinite(v) for r in ms for v in r)
+    # an ungated side is its one full width: the stem's RGB inputs, the classifier's outputs
+    assert table.layer("stem.0").grid_in == [3] and table.layer("fc").grid_out == [5]
+    assert table.layer("dw.0").grid_out == [32]
+    # the grouped conv's sides: multiples of lcm(4, 8) = 8
+    assert table.layer("grouped.0").grid_in == [8, 32] and table.layer("grouped.0").grid_out == [8, 32]
+
+
+def test_side_grid_and_sampling():
+    assert prof.side_grid(40, 16, True) == [16, 32, 40]
+    assert prof.side_grid(32, 16, True) == [16, 32]
+    assert prof.side_grid(8, 16, True) == [8]
+    assert prof.side_grid(3, 16, False) == [3]
+    assert prof.sample_grid(list(range(16, 257, 16)), 4) == [16, 96, 176, 256]
+    assert prof.sample_grid([16, 32], 4) == [16, 32]
+
+
+def test_progress_reports_each_distinct_layer(profiled):
+    stages = [s for s, _ in profiled["events"]]
+    layers = [i for s, i in profiled["events"] if s == "layer"]
+    assert stages[0] == "graph" and "calibrated" in stages
+    assert len(layers) == profiled["table"].meta["unique_layers"]
+    assert [i["index"] for i in layers] == list(range(1, len(layers) + 1))
+
+
+def test_the_layer_model_has_the_kept_shape():
+    lay = prof._Layer("g", "conv", nn.Conv2d(32, 32, 3, 2, 1, groups=8), 32, 32, True, True, [8, 8], 1)
+    m = lay.build(16, 24)
+    assert (m.in_channels, m.out_channels, m.groups, m.stride, m.bias is not None) == (16, 24, 8, (2, 2), True)
+    dw = prof._Layer("d", "dw", nn.Conv2d(32, 32, 3, 1, 1, groups=32), 32, 32, True, True, [8, 8], 1)
+    assert (dw.build(16, 32).in_channels, dw.build(16, 32).out_channels, dw.build(16, 32).groups) == (16, 16, 16)
+    assert lay.input_shape(16, 4) == [4, 16, 8, 8]
+
+
+# ----------------------------------------------------------------------------- interpolation
+def test_at_is_exact_on_grid_points_and_zero_at_zero(profiled):
+    for t in profiled["table"].layers:
+        ms = t.ms["1"]
+        for i, kin in enumerate(t.grid_in):
+            for j, kout in enumerate(t.grid_out):
+                assert float(t.at(kin, kout, 1)) == pytest.approx(ms[i][j], rel=1e-9)
+        assert float(t.at(0, t.channels_out, 1)) == 0.0
+
+
+def _synthetic() -> LayerTable:
+    grid = [16, 48, 64]
+    ms = [[0.01 * a * b / 256 + 0.02 for b in grid] for a in grid]
+    return LayerTable("c", "conv", 64, 64, grid, grid, {"1": ms})
+
+
+def test_at_is_monotone_and_differentiable():
+    t = _synthetic()
+    values = [float(t.at(k, 64, 1)) for k in range(0, 65, 4)]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    kin = torch.tensor(40.0, requires_grad=True)
+    kout = torch.tensor(30.0, requires_grad=True)
+    y = t.at(kin, kout, 1)
+    y.backward()
+    assert kin.grad is not None and float(kin.grad) > 0 and float(kout.grad) > 0
+    soft = torch.full((2, 64), 0.5, requires_grad=True)  # batched soft counts
+    t.at(soft.sum(-1), soft.sum(-1), 1).sum().backward()
+    assert soft.grad is not None and torch.isfinite(soft.grad).all() and (soft.grad > 0).all()
+
+
+def test_kept_counts_match_the_cut_model(profiled):
+    table = profiled["table"]
+    model = Mixed()
+    x = torch.zeros(SHAPE)
+    graph = find_groups(model, x)
+    plan = round_plan(random_plan(graph, keep=0.5, seed=3), graph, BLOCK)
+    counts = kept_counts(table, graph, plan.keep_masks(graph))
+    slim = apply_plan_(Mixed(), plan, x, graph=graph)
+    mods = dict(slim.named_modules())
+    for name, (kin, kout) in counts.items():
+        m = mods[name]
+        shape = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
+        assert (float(kin), float(kout)) == shape, name
+    # soft masks: differentiable counts, and a prediction with a gradient
+    masks = [torch.full((g.size,), 0.7, requires_grad=True) for g in graph.groups]
+    table.predict_ms(kept_counts(table, graph, masks), 1).backward()
+    assert any(m.grad is not None and float(m.grad.abs().sum()) > 0 for m in masks)
+
+
+# ----------------------------------------------------------------------------- calibration
+def test_calibration_records_the_fit_and_a_holdout(profiled):
+    table = profiled["table"]
+    cal = table.calibration["1"]
+    assert cal["scale"] > 0 and math.isfinite(cal["offset_ms"]) and cal["dense_ms"] > 0
+    rows = cal["error"]["plans"]
+    assert [r["keep"] for r in rows] == [1.0, 0.3, 0.7]  # the dense model and two aligned random plans
+    assert cal["error"]["max_abs_rel_error"] == max(abs(r["rel_error"]) for r in rows)
+    hold = cal["holdout"]
+    assert hold["keep"] not in [r["keep"] for r in rows] and math.isfinite(hold["rel_error"])
+    for r in [*rows, hold]:
+        assert r["predicted_ms"] == pytest.approx(cal["scale"] * r["layers_ms"] + cal["offset_ms"])
+        assert r["rel_error"] == pytest.approx((r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
+
+
+def test_predicted_dense_is_the_calibrated_estimate(profiled):
+    table = profiled["table"]
+    cal = table.calibration["1"]
+    dense_pred = float(table.predict_ms({}, 1))
+    assert dense_pred == pytest.approx(cal["error"]["plans"][0]["predicted_ms"], rel=1e-9)
+    assert dense_pred == pytest.approx(cal["scale"] * cal["layers_dense_ms"] + cal["offset_ms"], rel=1e-9)
+    assert 0.2 < dense_pred / table.dense_ms(1) < 5  # loose: timings are noisy on a shared machine
+
+
+def test_fit_falls_back_where_the_slope_is_not_positive():
+    assert prof._fit([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx((2.0, 0.0), abs=1e-9)
+    scale, offset = prof._fit([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert scale == 1.0 and offset == pytest.approx(0.0)
+    assert prof._fit([2.0], [5.0]) == (1.0, 3.0)
+    assert prof._fit([2.0, 2.0], [5.0, 7.0]) == (1.0, 4.0)
+
+
+# ----------------------------------------------------------------------------- caches, files, machines
+def test_a_second_call_loads_the_cached_table_without_timing(profiled):
+    assert profiled["again"].points == 0 and profiled["again"].models == 0
+    cached, table = profiled["cached"], profiled["table"]
+    assert cached.meta["cache"]["hit"] is True
+    assert Path(cached.meta["cache"]["path"]).is_file()
+    want = json.loads(json.dumps(table.to_dict()))
+    got = cached.to_dict()
+    assert {k: v for k, v in got.items() if k != "meta"} == {k: v for k, v in want.items() if k != "meta"}
+
+
+def test_a_new_calibration_reuses_the_cached_points(profiled):
+    assert profiled["first"].points > 0
+    assert profiled["recal"].points == 0 and profiled["recal"].models == 1
+    t = profiled["recalibrated"]
+    assert t.meta["cache"]["hit"] is False and t.meta["points_timed"] == 0 and t.meta["points_reused"] > 0
+    assert [r["keep"] for r in t.calibration["1"]["error"]["plans"]] == [1.0, 0.5]
+
+
+def test_no_cache_writes_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    t = prof.profile_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), [1, 3, 8, 8], block=4,
+                           samples=2, calibration_plans=0, point_seconds=0.002, cache=False)
+    assert t.meta["cache"] == {"hit": False, "path": None}
+    assert not any(tmp_path.iterdir())
+    assert t.calibration["1"]["scale"] == 1.0  # the dense model alone: scale 1, the residual as offset
+
+
+def test_save_load_round_trip(profiled, tmp_path):
+    table = profiled["table"]
+    path = table.save(tmp_path / "lut.json")
+    back = LatencyTable.load(path)
+    assert back.to_dict() == json.loads(json.dumps(table.to_dict()))
+    assert float(back.predict_ms({}, 1)) == pytest.approx(float(table.predict_ms({}, 1)))
+
+
+def test_machine_mismatch_warns_when_the_cpu_differs(profiled):
+    table = LatencyTable.from_dict(json.loads(json.dumps(profiled["table"].to_dict())))
+    assert machine_mismatch(table) is None
+    table.machine["cpu"] = "Some Other CPU 9000"
+    msg = machine_mismatch(table)
+    assert msg and "cpu" in msg and "Some Other CPU 9000" in msg and "\n" not in msg
+
+
+def test_library_bad_inputs(monkeypatch, tmp_path):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    for kw, needle in ((dict(block=0), "--block"), (dict(batch_sizes=(0,)), "--batch-size"),
+                       (dict(samples=1), "--samples"), (dict(backend="tpu"), "unknown")):
+        with pytest.raises(ChanpruneError, match=needle):
+            prof.profile_model("tests.nets:chain", SHAPE, **kw)
+    with pytest.raises(ChanpruneError, match="no gated"):
+        prof.profile_model(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), [1, 3, 2, 2], cache=False)
+
+
+# ----------------------------------------------------------------------------- the command
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture()
+def garbage(tmp_path) -> Path:
+    p = tmp_path / "w.pt"
+    p.write_bytes(b"not a checkpoint at all")
+    return p
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--arch", "no_such_arch_xyz"], "no_such_arch_xyz"),
+    (["--arch", "tests.nets:chain", "--input-shape", "1,3,x,16"], "--input-shape"),
+    (["--arch", "tests.nets:chain", "--input-shape", "1,3,16"], "does not run"),
+    (["--arch", "tests.nets:chain", "--block", "0"], "--block"),
+    (["--arch", "tests.nets:chain", "--block", "many"], "--block"),
+    (["--arch", "tests.nets:chain", "--batch-size", "0"], "--batch-size"),
+    (["--arch", "tests.nets:chain", "--batch-size", "1,a"], "--batch-size"),
+    (["--arch", "tests.nets:chain", "--samples", "1"], "--samples"),
+    (["--arch", "tests.nets:chain", "--weights", "GARBAGE"], "w.pt"),
+    (["--arch", "tests.nets:chain", "--weights", "/no/such/file.pt"], "file.pt"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_file(args, needle, tmp_path, garbage, monkeypatch):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lut.json"
+    args = [str(garbage) if a == "GARBAGE" else a for a in args]
+    if "--input-shape" not in args:
+        args += ["--input-shape", "1,3,16,16"]
+    result = invoke("profile", *args, "--out", str(out))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(available_backends()["ort-cuda"] is None, reason="onnxruntime's CUDA provider is here")
+def test_ort_cuda_is_not_available_here(tmp_path):
+    out = tmp_path / "lut.json"
+    result = invoke("profile", "--arch", "tests.nets:chain", "--input-shape", "1,3,16,16", "--backend", "ort-cuda",
+                    "--out", str(out))
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "not available" in errors[0] and "ort-cuda" in errors[0]
+    assert not out.exists()
+    with pytest.raises(ChanpruneError, match="not available"):
+        prof.profile_model("tests.nets:chain", SHAPE, backend="ort-cuda")
+
+
+def test_help_is_fast_and_lists_profile():
+    result = invoke("--help")
+    assert "profile" in result.output
+    proc = subprocess.run([sys.executable, "-c", "import sys; import chanprune_cli.main; "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False"
+
+
+def test_json_is_one_object_and_the_file_is_a_table(tmp_path):
+    out = tmp_path / "lut.json"
+    env = {**__import__("os").environ, "CHANPRUNE_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "chanprune_cli.main", "profile", "--arch", "tests.nets:chain", "--input-shape",
+           "1,3,16,16", "--block", "4", "--samples", "2", "--calibration-plans", "1", "--point-seconds", "0.01",
+           "--out", str(out), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert r["out"] == str(out) and r["cached"] is False and r["layers"] == 4
+    assert set(r["calibration"]) == {"1"} and r["calibration"]["1"]["dense_ms"] > 0
+    assert "timing 4 gated layers" in proc.stderr
+    table = LatencyTable.load(out)
+    assert {t.module for t in table.layers} == {"features.0.0", "features.1.0", "features.2.0", "fc"}
+
+def test_a_cached_table_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path / "cache"))
+    args = ["profile", "--arch", "tests.nets:chain", "--input-shape", "1,3,16,16", "--block", "4", "--samples", "2",
+            "--calibration-plans", "0", "--point-seconds", "0.002"]
+    first = invoke(*args, "--out", str(tmp_path / "a.json"))
+    assert first.exit_code == 0, first.output
+    assert "points timed" in first.stdout and "batch 1: dense" in first.stdout and "wrote" in first.stdout
+    again = invoke(*args, "--out", str(tmp_path / "b.json"))
+    assert again.exit_code == 0, again.output
+    assert "loaded from cache" in again.stdout and "batch 1: dense" in again.stdout
+    a, b = LatencyTable.load(tmp_path / "a.json"), LatencyTable.load(tmp_path / "b.json")
+    assert [t.ms for t in a.layers] == [t.ms for t in b.layers] and b.meta["cache"]["hit"] is True
+
+
+def test_default_out_names_arch_size_and_backend():
+    from chanprune_cli.profile import default_out
+
+    assert str(default_out("timm:resnet50", [1, 3, 224, 160], "ort-cpu")) == "profiles/timm_resnet50-224x160-ort-cpu.json"
