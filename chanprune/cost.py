@@ -11,6 +11,10 @@ the reports take any cost; a checkpoint records the cost's name and description.
   else is constant. It predicts fvcore's count of the slim model (the tests hold it to 0.5% on
   random plans).
 - `channels`: the paper's batch activation loss, the share of gated channels kept (t - mean Z)^2.
+- `latency`: milliseconds on a backend, from a latency table (`measure.lut`, made by `chanprune
+  profile`): each gated layer's time is bilinear in its expected kept input and output channels,
+  so the expected latency under the gates is differentiable (ProxylessNAS / FBNet take the same
+  expectation over a table). With several batch sizes the ratio is their mean.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ from torch.overrides import TorchFunctionMode
 from ._registry import Registry
 from .graph import ChannelGraph
 from .measure.flops import count_flops
+from .measure.lut import LatencyTable
 from .plan import PrunePlan
 
-__all__ = ["Cost", "FlopsCost", "ChannelsCost", "register_cost", "make_cost", "list_costs"]
+__all__ = ["Cost", "FlopsCost", "ChannelsCost", "LatencyCost", "register_cost", "make_cost", "list_costs"]
 
 Masks = list[torch.Tensor]
 
@@ -83,9 +88,10 @@ def list_costs() -> list[str]:
     return _COSTS.names()
 
 
-def make_cost(name: str, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph) -> Cost:
-    """The registered cost `name` for `model` (dense, no gates attached) at `example_inputs`."""
-    return _COSTS.get(name)(model, example_inputs, graph)
+def make_cost(name: str, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph, **options) -> Cost:
+    """The registered cost `name` for `model` (dense, no gates attached) at `example_inputs`;
+    `options` go to the cost (the latency cost's `lut`)."""
+    return _COSTS.get(name)(model, example_inputs, graph, **options)
 
 
 _CHANNEL_PRESERVING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool1d,
@@ -199,6 +205,88 @@ class ChannelsCost(Cost):
 
     def describe(self) -> dict:
         return {**super().describe(), "unit": "gated channels kept"}
+
+
+def _site_counts(graph: ChannelGraph):
+    """count(module, role) -> the kept count of that layer dimension as a function of the masks."""
+    sites: dict[tuple[str, str], list] = {}
+    for gi, g in enumerate(graph.groups):
+        for s in g.sites:
+            sites.setdefault((s.module, s.role), []).append((gi, s))
+
+    def count(module: str, role: str) -> _Count | None:
+        found = sites.get((module, role))
+        if not found:
+            return None
+        total = found[0][1].channels
+        gated = sum(len(s.layer_idxs) for _, s in found)
+        return _Count(total, total - gated, [(gi, torch.tensor(s.root_idxs, dtype=torch.long)) for gi, s in found])
+
+    return count
+
+
+@register_cost("latency")
+class LatencyCost(Cost):
+    """Expected latency from a latency table: sum over the table's layers of ms(kept in, kept out),
+    calibrated to whole-model timings; `dense()` is the table's dense prediction at its first batch
+    size, and `ratio_of` the mean over the batch sizes of latency / dense latency."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, graph: ChannelGraph, *,
+                 lut: LatencyTable | str | None = None, batch_sizes: list[int] | None = None):
+        super().__init__(graph)
+        if lut is None:
+            raise ValueError("the latency budget needs a latency table: pass --lut FILE (made by chanprune profile) "
+                             "or --lut auto")
+        self.table = lut if isinstance(lut, LatencyTable) else LatencyTable.load(lut)
+        self.batch_sizes = list(batch_sizes or self.table.batch_sizes)
+        missing = [b for b in self.batch_sizes if str(b) not in self.table.calibration]
+        if missing:
+            raise ValueError(f"the latency table has no batch size {missing[0]} (it has {self.table.batch_sizes})")
+        mods = dict(model.named_modules())
+        absent = [t.module for t in self.table.layers if t.module not in mods]
+        if absent:
+            raise ValueError(f"the latency table's layer {absent[0]!r} is not in this model: "
+                             f"a table of another architecture ({self.table.arch})")
+        count = _site_counts(graph)
+        self.layers = []  # (layer table, in count or None, out count or None, {batch: tensors})
+        for t in self.table.layers:
+            if t.kind == "dw":
+                c = count(t.module, "dw") or count(t.module, "in") or count(t.module, "out")
+                self.layers.append((t, c, c))
+            else:
+                self.layers.append((t, count(t.module, "in"), count(t.module, "out")))
+        ones = [torch.ones(g.size) for g in graph.groups]
+        self._dense_by_batch = {b: float(self._ms(ones, b)) for b in self.batch_sizes}
+        self._dense = self._dense_by_batch[self.batch_sizes[0]]
+
+    def _ms(self, masks: Masks, batch: int):
+        cal = self.table.calibration[str(batch)]
+        total = 0.0
+        for t, cin, cout in self.layers:
+            kin = cin(masks) if cin is not None else float(t.channels_in)
+            kout = cout(masks) if cout is not None else float(t.channels_out)
+            total = total + t.at(kin, kout, batch)
+        return cal["scale"] * total + cal["offset_ms"]
+
+    def dense(self) -> float:
+        return self._dense
+
+    def predict(self, masks: Masks) -> torch.Tensor | float:
+        ratios = [self._ms(masks, b) / self._dense_by_batch[b] for b in self.batch_sizes]
+        out = sum(ratios) / len(ratios) * self._dense
+        if torch.is_tensor(out) and masks and torch.is_tensor(masks[0]):
+            out = out.to(masks[0].dtype if masks[0].is_floating_point() else torch.float32)
+        return out
+
+    def speedup(self, masks: Masks) -> dict[str, float]:
+        """Predicted dense / masked latency, per batch size."""
+        return {str(b): float(self._dense_by_batch[b] / self._ms(masks, b)) for b in self.batch_sizes}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "unit": f"ms on {self.table.backend} at batch {self.batch_sizes[0]}",
+                "backend": self.table.backend, "batch_sizes": self.batch_sizes, "block": self.table.block,
+                "dense_ms": {str(b): v for b, v in self._dense_by_batch.items()},
+                "machine": self.table.machine, "threads": self.table.threads}
 
 
 class _PerChannelOps(TorchFunctionMode):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import atomic_write_text
+from .cost import LatencyCost, make_cost
 from .cut import cut
 from .export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx,
                      simplify_onnx, within_tolerance)
@@ -20,20 +21,66 @@ from .freeze import polarization, round_plan
 from .learn import calibrate_bn_
 from .load import GatedModel, resolve_checkpoint, save_slim
 from .measure.flops import count_flops, count_params
+from .measure.lut import default_block, machine_mismatch
 from .plan import GroupPlan, PrunePlan
 
 __all__ = ["export_run"]
 
 
+def unaligned_groups(plan: PrunePlan, graph, block: int) -> int:
+    """Groups whose kept count is neither 0, the whole group, nor a multiple of `block` (groups with
+    equal counts per part, grouped convs, are left out: their counts follow their parts)."""
+    n = 0
+    for gp in plan.groups:
+        k = len(gp.keep)
+        if graph.group(gp.name).partition or k in (0, gp.size) or k % block == 0:
+            continue
+        n += 1
+    return n
+
+
+def alignment(plan: PrunePlan, gm: GatedModel, block: int) -> tuple[int | None, str | None]:
+    """`--round-to auto`: what to round to, and a warning when the plan stays unaligned.
+
+    An aligned plan (learned in blocks, or aligned already) is left alone. An unaligned plan whose
+    weights were not fine-tuned under it is rounded to the block. An unaligned plan that was
+    fine-tuned is left alone with a warning: rounding re-picks channels after fine-tuning, which
+    costs accuracy (the demo: 91.7% -> 87.1% with --round-to 4), so it is the user's call."""
+    bad = unaligned_groups(plan, gm.graph, block)
+    if not bad:
+        return None, None
+    if not gm.ckpt.tuned_for_plan:
+        return block, None
+    return None, (f"{bad} of {len(plan.groups)} groups keep channel counts off onnxruntime's block of {block} on this "
+                  f"CPU, which runs them on slower kernels; --round-to {block} aligns them (re-picking channels after "
+                  f"fine-tuning costs accuracy), and learn --block {block} (or --budget latency) learns aligned plans")
+
+
+def predicted_speedup(gm: GatedModel, plan: PrunePlan, lut=None) -> dict | None:
+    """Dense over slim latency per batch size, predicted by the run's latency table (or `lut`)."""
+    cost = gm.cost if isinstance(gm.cost, LatencyCost) else None
+    if lut is not None:
+        cost = make_cost("latency", gm.model, torch.zeros(gm.input_shape), gm.graph, lut=lut)
+    if cost is None:
+        return None
+    return {"backend": cost.table.backend, "threads": cost.table.threads,
+            "by_batch": cost.speedup(plan.keep_masks(gm.graph)),
+            "mismatch": machine_mismatch(cost.table)}
+
+
 def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | None = None, tau: float | None = None,
-               round_to: int | None = None, calibrate_bn: int = 0, data: str | None = None,
+               round_to: int | str | None = "auto", calibrate_bn: int = 0, data: str | None = None,
                input_shape: list[int] | None = None, dense: bool = False, opset: int = DEFAULT_OPSET,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, arch: str | None = None,
-               onnx: bool = True, simplify: str | None = None) -> dict:
+               onnx: bool = True, simplify: str | None = None, lut: str | os.PathLike | None = None) -> dict:
     """Cut and export the run at `model_path` into `out_dir` (default: beside the checkpoint;
     `dense/` for `dense`). `tau=None` deploys the run's own plan (see `GatedModel.plan`).
     `onnx=False` writes plan.json, slim.pt and export.json only; `simplify` ("onnxslim" or "onnxsim")
-    simplifies model.onnx before the onnxruntime parity check, so parity holds for the file written."""
+    simplifies model.onnx before the onnxruntime parity check, so parity holds for the file written.
+
+    `round_to` "auto" (the default) aligns kept counts for onnxruntime on this CPU (`alignment`); an
+    integer rounds to it, 1 or None leaves the plan as it is. With a latency table (the run's own, when
+    it learned against one, or `lut`) the report holds the predicted speedup per batch size."""
     model_path = resolve_checkpoint(model_path)
     gm = GatedModel.load(model_path, arch=arch, input_shape=input_shape)
     if dense:
@@ -41,7 +88,14 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
                          gm.input_shape, None, {"dense": True})
     else:
         plan = gm.plan(tau)
-        if round_to:
+    warnings: list[str] = []
+    block = default_block("ort-cpu")
+    if not dense:
+        if round_to == "auto":
+            round_to, why = alignment(plan, gm, block)
+            if why:
+                warnings.append(why)
+        if round_to and round_to > 1:
             plan = round_plan(plan, gm.graph, round_to, gm.cost)
     plan.validate(gm.graph)
     if calibrate_bn:
@@ -84,5 +138,10 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
         "polarization": polarization(gm.gates.probs()).to_dict(), "source": str(model_path),
     }
     report["flops_ratio"] = report["flops_slim"] / report["flops_dense"]
+    report["block"], report["aligned"] = block, unaligned_groups(plan, gm.graph, block) == 0
+    latency = predicted_speedup(gm, plan, lut)
+    if latency:
+        report["predicted_speedup"] = latency
+    report["warnings"] = warnings
     atomic_write_text(out / "export.json", json.dumps(report, indent=1))
     return report

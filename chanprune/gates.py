@@ -16,7 +16,7 @@ from torch import nn
 from ._registry import Registry
 from .graph import ChannelGraph
 
-__all__ = ["Gate", "GumbelGate", "TrainableGate", "trainable_gate", "GateSet", "attach_gates", "register_gate",
+__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "trainable_gate", "GateSet", "attach_gates", "register_gate",
            "make_gate", "list_gates", "EVAL_MODES"]
 
 EVAL_MODES = ("threshold", "stochastic")
@@ -203,13 +203,81 @@ class TrainableGate(Gate):
         return {"M": self.M, "shape": self.shape, "init": self.init}
 
 
+class BlockGate(Gate):
+    """One gate per block of `block` channels: kept counts are multiples of the block by construction.
+
+    Wraps a gate of any kind over ceil(C / block) blocks. `assign[c]` is channel c's block; by default
+    consecutive channels, after `rank_(scores)` the channels ranked by an importance score (the top
+    `block` channels form block 0, and so on), so a block holds channels of like importance. The
+    last block holds the remainder when C is not a multiple of the block. `assign` is a buffer: it
+    travels in the state dict, and a resumed or exported run rebuilds the same blocks.
+    """
+
+    input_dependent = False
+
+    def __init__(self, inner: Gate, num_channels: int, block: int):
+        super().__init__()
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.inner, self.block = inner, block
+        self.kind = inner.kind
+        self.register_buffer("assign", torch.arange(num_channels) // block)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.assign.numel())
+
+    @property
+    def num_blocks(self) -> int:
+        return self.inner.num_channels
+
+    def probs(self) -> torch.Tensor:
+        return self.inner.probs()[self.assign]
+
+    def sample(self, batch: int) -> torch.Tensor:
+        return self.inner.sample(batch)[:, self.assign]
+
+    def mask(self, mode: str, *, batch: int = 1, tau: float = 0.5) -> torch.Tensor:
+        return self.inner.mask(mode, batch=batch, tau=tau)[:, self.assign]
+
+    def config(self) -> dict:
+        return self.inner.config()
+
+    def units(self) -> list[list[int]]:
+        """The channels of each block."""
+        out: list[list[int]] = [[] for _ in range(self.num_blocks)]
+        for c, b in enumerate(self.assign.tolist()):
+            out[b].append(c)
+        return out
+
+    def rank_(self, scores: torch.Tensor) -> None:
+        """Blocks of channels ranked by `scores` (higher first); ties by index."""
+        order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
+        assign = torch.empty_like(self.assign)
+        assign[order.to(assign.device)] = torch.arange(self.num_channels, device=assign.device) // self.block
+        self.assign.copy_(assign)
+
+    def init_from_scores_(self, scores: torch.Tensor) -> None:
+        s = scores.detach().float().cpu()
+        per_block = torch.zeros(self.num_blocks).index_add_(0, self.assign.cpu(), s)
+        per_block /= torch.bincount(self.assign.cpu(), minlength=self.num_blocks).clamp(min=1)
+        self.inner.init_from_scores_(per_block)
+
+
+def blockable(group) -> bool:
+    """Groups whose kept counts a block can align: not those with equal counts per part (grouped convs)."""
+    return not group.partition
+
+
 class GateSet(nn.Module):
     """The gates of one model, and the hooks that apply them.
 
     In training mode every forward draws one sample per example, shared by all consumers of a group.
     In eval mode the gates follow `mode` ("threshold" at `tau`, or "stochastic").
     `fix_(plan)` pins fixed keep-masks: the frozen gated model that a slim model must reproduce.
-    `kind` and `config` choose the gate (a registered kind and its settings).
+    `kind` and `config` choose the gate (a registered kind and its settings); `config["block"]`
+    N > 1 gates blocks of N channels (`BlockGate`) in every group without parts, so that kept counts
+    are multiples of N (or the whole group) by construction.
     """
 
     def __init__(self, graph: ChannelGraph, *, kind: str = "gumbel", tau: float = 0.5, mode: str = "threshold",
@@ -222,7 +290,17 @@ class GateSet(nn.Module):
         self.graph = graph
         self.names = [g.name for g in graph.groups]
         self.kind, self.config = kind, dict(config or {})
-        self.gates = nn.ModuleList(make_gate(kind, g.size, **self.config) for g in graph.groups)
+        settings = {k: v for k, v in self.config.items() if k != "block"}
+        self.block = int(self.config.get("block", 1))
+        if self.block < 1:
+            raise ValueError(f"block must be >= 1, got {self.block}")
+
+        def gate(g):
+            if self.block > 1 and blockable(g):
+                return BlockGate(make_gate(kind, -(-g.size // self.block), **settings), g.size, self.block)
+            return make_gate(kind, g.size, **settings)
+
+        self.gates = nn.ModuleList(gate(g) for g in graph.groups)
         if any(g.input_dependent for g in self.gates):
             raise NotImplementedError(f"gate kind {kind!r} depends on the input; GateSet does not run such gates yet")
         self.mode = mode
@@ -272,6 +350,17 @@ class GateSet(nn.Module):
 
     def probs(self) -> list[torch.Tensor]:
         return [g.probs() for g in self.gates]
+
+    def units(self) -> list[list[list[int]] | None]:
+        """Per group, the channel blocks that move together (None: each channel on its own)."""
+        return [g.units() if isinstance(g, BlockGate) else None for g in self.gates]
+
+    def rank_blocks_(self, scores: list[torch.Tensor]) -> "GateSet":
+        """Form each group's blocks from channels ranked by `scores` (one tensor per group)."""
+        for g, s in zip(self.gates, scores):
+            if isinstance(g, BlockGate):
+                g.rank_(s)
+        return self
 
     def current(self) -> list[torch.Tensor] | None:
         """The masks used by the last forward pass, (B or 1, C) per group (differentiable)."""

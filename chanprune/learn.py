@@ -80,6 +80,10 @@ class LearnConfig(TrainConfig):
     teacher: str | None = None  # the weights the teacher was built from (recorded by `learn_run`)
     gate_init: str = "uniform"  # "uniform" (the authors' logits) or "norm" (from the weights' group norm)
     gate_temperature_final: float | None = None  # anneal the Gumbel temperature to this over the learning
+    lut: str | None = None  # the latency table of budget "latency" (a file, or "auto": profile first)
+    # Gate blocks of this many channels (kept counts aligned by construction); None: auto, the
+    # latency table's block with budget "latency", else 1 (every channel its own gate).
+    block: int | None = None
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze
 from .gates import GateSet
 from .graph import ChannelGraph, find_groups
+from .measure.lut import LatencyTable
 from .plan import PrunePlan
 from .surgery import apply_plan_
 from .zoo import build_model, saved_arch
@@ -73,8 +74,9 @@ class GatedModel:
         self.flops = FlopsCost(self.model, x, self.graph)
         name = ckpt.cost.get("name", "flops")
         try:
-            self.cost: Cost = self.flops if name == "flops" else make_cost(name, self.model, x, self.graph)
-        except ValueError as e:
+            options = {"lut": LatencyTable.from_dict(ckpt.cost["table"])} if "table" in ckpt.cost else {}
+            self.cost: Cost = self.flops if name == "flops" else make_cost(name, self.model, x, self.graph, **options)
+        except (ValueError, TypeError) as e:
             raise ArtifactError(f"{path}: {e}") from e
         self.gates.attach_(self.model)
 

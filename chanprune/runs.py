@@ -26,6 +26,7 @@ from .freeze import freeze, polarization, project_plan
 from .gates import GateSet, list_gates
 from .graph import find_groups
 from .importance import group_norm
+from .measure.lut import LatencyTable, machine_mismatch
 from .learn import LearnConfig, TrainConfig, gate_metrics, calibrate_bn_, evaluate, fit
 from .objective import Distill
 from .load import GatedModel, resolve_checkpoint
@@ -225,14 +226,17 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     if not graph.groups:
         raise ChanpruneError(f"{arch} has no channel group that can be gated exactly: " +
                              "; ".join(f"{u['name']}: {u['reason']}" for u in graph.unsupported[:3]))
-    cost = make_cost(config.budget, model, x, graph)
+    cost, block = _make_cost(config, ckpt, arch, model, x, graph, shape, progress)
+    config = dataclasses.replace(config, block=block)
     floor = cost.floor()
     if config.target < floor + 0.01:
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
-    gates = GateSet(graph, kind=config.gate, tau=config.tau)
+    gates = GateSet(graph, kind=config.gate, tau=config.tau, config={"block": block} if block > 1 else None)
     if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
+    if block > 1 and ckpt is None:  # a block holds channels of like importance (the weights' group norm)
+        gates.rank_blocks_(group_norm(model, graph, x))
     if config.gate_init == "norm" and ckpt is None:
         try:
             for g, s in zip(gates.gates, group_norm(model, graph, x)):
@@ -244,7 +248,8 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     template = GatedCheckpoint(
         arch, {"num_classes": classes, "in_channels": channels}, shape, {}, data=data, config=asdict(config),
         stage="learn", learn_config=asdict(config), gate={"kind": gates.kind, "config": gates.config},
-        cost=cost.describe(), ignore=list(ignore), group_names=[g.name for g in graph.groups],
+        cost={**cost.describe(), **({"table": cost.table.to_dict()} if hasattr(cost, "table") else {})},
+        ignore=list(ignore), group_names=[g.name for g in graph.groups],
         group_sizes=[g.size for g in graph.groups])
     if ckpt is not None:
         model.load_state_dict(ckpt.state_dict)
@@ -272,9 +277,12 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         ckpt = None
         plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
                       cost=cost)
+        if block > 1:
+            plan.meta["block"] = block
         if config.project:
             tol = config.ready_tolerance if config.project_tolerance is None else config.project_tolerance
-            plan = project_plan(plan, graph, cost, config.target, tolerance=tol, min_keep=config.min_keep)
+            plan = project_plan(plan, graph, cost, config.target, tolerance=tol, min_keep=config.min_keep,
+                                units=gates.units())
             if "projected" in plan.meta:
                 frozen["projected"] = plan.meta["projected"]
     else:
@@ -321,6 +329,42 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
             "polarized": pol.polarized, "polarization_warning": pol.warning, "kept_channels": plan.kept_channels,
             "gated_channels": plan.total_channels, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
             "frozen": frozen}
+
+
+def _make_cost(config: LearnConfig, ckpt, arch: str, model: nn.Module, x: torch.Tensor, graph, shape, progress):
+    """The budget's cost and the gate block. A latency budget reads its table from `config.lut`
+    (or, on resume, from the checkpoint, which stores it), or profiles first with "auto"."""
+    options = {}
+    if config.budget == "latency":
+        stored = (ckpt.cost or {}).get("table") if ckpt is not None else None
+        if stored is not None:
+            table = LatencyTable.from_dict(stored)
+        elif config.lut in (None, ""):
+            raise ChanpruneError("--budget latency needs --lut FILE (made by chanprune profile) or --lut auto")
+        elif config.lut == "auto":
+            from .profile import profile_model  # the profiler is a stage of its own; it times for minutes
+
+            # the model as it is learned (its own classifier); latency does not depend on the weights
+            table = profile_model(model, [1, *shape[1:]], arch=arch, progress=progress)
+        else:
+            try:
+                table = LatencyTable.load(config.lut)
+            except ValueError as e:
+                raise ChanpruneError(f"--lut: {e}") from None
+        warning = machine_mismatch(table)
+        if warning and progress:
+            progress("warning", {"message": warning})
+        options["lut"] = table
+    elif config.lut:
+        raise ChanpruneError("--lut is only for --budget latency")
+    try:
+        cost = make_cost(config.budget, model, x, graph, **options)
+    except ValueError as e:
+        raise ChanpruneError(f"--budget {config.budget}: {e}") from None
+    if config.block is not None and config.block < 1:
+        raise ChanpruneError(f"--block must be >= 1, got {config.block}")
+    block = config.block if config.block is not None else (cost.table.block if config.budget == "latency" else 1)
+    return cost, block
 
 
 class _Readiness:

@@ -97,7 +97,13 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Fraction of the dense model's cost to keep (--budget; FLOPs: the whole network, fvcore's count).")
 @click.option("--budget", default="flops", show_default=True,
               help="The cost the target is a fraction of. flops: (t - FLOPs(Z)/FLOPs)^2; "
-                   "channels: the paper's batch activation loss (t - mean Z)^2.")
+                   "channels: the paper's batch activation loss (t - mean Z)^2; latency: the expected latency "
+                   "under the gates from a latency table (--lut).")
+@click.option("--lut", default=None, metavar="FILE|auto",
+              help="The latency table of --budget latency (chanprune profile), or auto: profile this model first.")
+@click.option("--block", default="auto", show_default=True, metavar="auto|N",
+              help="Gate blocks of N channels: kept counts are multiples of N by construction. auto: the latency "
+                   "table's block with --budget latency (16 on AVX-512, 8 on AVX2), else 1.")
 @click.option("--gate", default="gumbel", show_default=True,
               help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020); "
                    "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020).")
@@ -138,7 +144,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
+          resume, as_json, weights, target, budget, lut, block, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
           project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -149,8 +155,10 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     from chanprune.learn import LearnConfig
     from chanprune.runs import learn_run
 
+    if block != "auto" and not (block.isdigit() and int(block) >= 1):
+        raise BadInput(f"--block {block!r}: give auto or a positive integer")
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
-    cfg = LearnConfig(epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
+    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,
