@@ -2,15 +2,17 @@
 
 1. a ResNet-20 trained on Fashion-MNIST (shipped as examples/fmnist_resnet20_baseline.pt; this
    script re-trains it with `chanprune train` when the file is missing: 8 epochs, seed 0),
-2. `chanprune learn --target 0.5 --epochs 4` (on 20,000 training images; the default recipe: the
-   gates freeze when ready, the slim model is fine-tuned for the rest, distilled from the baseline),
-3. `chanprune export --onnx` of the slim model, again with `--round-to 4` (channel counts that
-   onnxruntime's CPU kernels like), and `--dense` for the reference,
-4. `chanprune eval` of the gated model, the slim model and its ONNX on the 10,000 test images,
-5. `chanprune bench` of both slim ONNX models against the dense one (onnxruntime, 2 threads),
-6. `chanprune report`, and a table of all of it.
+2. `chanprune profile`: the latency table of that model on onnxruntime CPU (2 threads, batch 1 and
+   32, channel blocks of this CPU: 16 with AVX-512, 8 with AVX2),
+3. `chanprune learn --budget latency --target 0.5 --epochs 4` (on 20,000 training images; the
+   default recipe: the gates freeze when ready, the slim model is fine-tuned for the rest, distilled
+   from the baseline): half the dense latency, gates over channel blocks so counts stay aligned,
+4. `chanprune export --onnx` of the slim model (its predicted speedup), and `--dense` for the reference,
+5. `chanprune eval` of the gated model, the slim model and its ONNX on the 10,000 test images,
+6. `chanprune bench` of the slim ONNX against the dense one (onnxruntime, 2 threads, batch 1 and 32),
+7. `chanprune report`, and a table of all of it.
 
-    python examples/fmnist_demo.py [--out runs/demo]
+    python examples/fmnist_demo.py [--out runs/demo] [--target 0.5]
 """
 from __future__ import annotations
 
@@ -52,37 +54,48 @@ def make_baseline(out: Path) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--target", type=float, default=0.5, help="Fraction of the dense latency to keep.")
     a = ap.parse_args()
     if not BASELINE.is_file():
         make_baseline(a.out)
-    run = a.out / "learn_t0.5"
+    t = a.target
+    lut = a.out / "lut.json"
+    if not lut.is_file():
+        cli("profile", "--arch", "resnet20", "--weights", BASELINE, "--input-shape", "1,3,28,28", "--batch-size", "1,32",
+            "--threads", 2, "--out", lut)
+    run = a.out / f"learn_latency_t{t:g}"
     if run.exists():
         shutil.rmtree(run)
-    learned = cli("learn", "--arch", "resnet20", "--weights", BASELINE, "--data", "fashion-mnist", "--target", 0.5,
-                  "--limit", 20000, "--epochs", 4, "--out", run)
+    learned = cli("learn", "--arch", "resnet20", "--weights", BASELINE, "--data", "fashion-mnist", "--target", t,
+                  "--budget", "latency", "--lut", lut, "--limit", 20000, "--epochs", 4, "--out", run)
     slim = cli("export", run / "model.pt", "--onnx")
-    aligned = cli("export", run / "model.pt", "--onnx", "--round-to", 4, "--out", run / "round4")
     dense = cli("export", run / "model.pt", "--dense")
     acc = {name: cli("eval", path, "--data", "fashion-mnist")["accuracy"]
            for name, path in (("baseline", BASELINE), ("gated", run / "model.pt"), ("slim.pt", slim["slim"]),
-                              ("slim ONNX", slim["onnx"]), ("slim ONNX, --round-to 4", aligned["onnx"]))}
-    benches = {name: cli("bench", e["onnx"], "--vs", dense["onnx"], "--batch-size", "1,32", "--backend", "ort-cpu")
-               for name, e in (("slim", slim), ("slim, --round-to 4", aligned))}
+                              ("slim ONNX", slim["onnx"]))}
+    bench = cli("bench", slim["onnx"], "--vs", dense["onnx"], "--batch-size", "1,32", "--backend", "ort-cpu")
     cli("report", run)
+    fr = learned["frozen"]
+    learned_ratio = fr.get("cost_ratio_at_tau")
+    projected = (fr.get("projected") or {}).get("to", learned_ratio)
+    predicted = (slim.get("predicted_speedup") or {}).get("by_batch", {})
     print()
     print("| what | value |")
     print("|---|---|")
-    print(f"| FLOPs (fvcore) | {dense['flops_slim']:,} -> {slim['flops_slim']:,} ({slim['flops_ratio']:.1%}; target 50%) |")
-    print(f"| FLOPs with --round-to 4 | {aligned['flops_slim']:,} ({aligned['flops_ratio']:.1%}) |")
+    print(f"| latency target (mean of batch 1 and 32, onnxruntime CPU, 2 threads) | {t:.2f} of dense |")
+    print(f"| predicted latency ratio: learned, after projection | {learned_ratio:.3f}, {projected:.3f} |")
+    print(f"| FLOPs (fvcore) | {dense['flops_slim']:,} -> {slim['flops_slim']:,} ({slim['flops_ratio']:.1%}) |")
     print(f"| params | {dense['params_slim']:,} -> {slim['params_slim']:,} ({slim['params_slim'] / dense['params_slim']:.1%}) |")
+    print(f"| channel counts aligned to the block of {slim['block']} | {'yes' if slim['aligned'] else 'no'} |")
     print(f"| gates polarized | {learned['polarized']:.1%} |")
     for name, v in acc.items():
         print(f"| test accuracy, {name} | {v:.4f} |")
     print(f"| parity | slim vs gated {slim['slim_vs_gated']:.1e}, onnxruntime vs slim {slim['onnx_vs_slim']:.1e} |")
-    for name, bench in benches.items():
-        for row in bench["results"]:
-            print(f"| onnxruntime CPU, batch {row['batch']}, 2 threads, {name} | dense {row['vs_p50_ms']:.3f} ms -> "
-                  f"{row['p50_ms']:.3f} ms (speedup {row['speedup']:.2f}x) |")
+    for row in bench["results"]:
+        pred = predicted.get(str(row["batch"]))
+        print(f"| onnxruntime CPU, batch {row['batch']}, 2 threads | dense {row['vs_p50_ms']:.3f} ms -> "
+              f"{row['p50_ms']:.3f} ms: speedup {row['speedup']:.2f}x measured"
+              + (f", {pred:.2f}x predicted |" if pred else " |"))
     print(f"\nfigures and summary: {run}/summary.md")
 
 
