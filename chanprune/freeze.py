@@ -62,23 +62,30 @@ def _equalise(keep: list[int], scores: torch.Tensor, group: ChannelGroup) -> lis
 
 
 def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, min_keep: int = 0,
-           arch: str | None = None, input_shape: list[int] | None = None, cost: Cost | None = None) -> PrunePlan:
+           arch: str | None = None, input_shape: list[int] | None = None, cost: Cost | None = None,
+           essential: list[bool] | None = None, units: list[list[list[int]] | None] | None = None) -> PrunePlan:
     """Keep channel i of a group iff p_i > tau (Herrmann et al. 2020, 3.3).
 
     Grouped convolutions keep equal counts per conv group (the nearest to the thresholded counts,
     chosen by p): the frozen gated model is then the model frozen with *this* plan. A group that
     keeps some but fewer than `min_keep` channels keeps its `min_keep` most probable ones; a group
     that keeps none stays removed whole (the surgeon collapses it exactly). With a `cost`, the
-    plan's predicted cost ratio is recorded in its meta.
+    plan's predicted cost ratio is recorded in its meta. A group marked in `essential`
+    (`GateSet.essential()`) that keeps none keeps its most probable unit instead: the channel, or
+    its block in `units` (`GateSet.units()`), as the gated model does.
     """
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
     if min_keep < 0:
         raise ValueError(f"min_keep must be >= 0, got {min_keep}")
     groups = []
-    for g, p in zip(graph.groups, probs):
+    for gi, (g, p) in enumerate(zip(graph.groups, probs)):
         p = p.detach().float().cpu()
         keep = [int(i) for i in torch.nonzero(p > tau).flatten()]
+        if not keep and essential is not None and essential[gi]:
+            top = int(torch.argmax(p))
+            blocks = units[gi] if units is not None and units[gi] is not None else [[top]]
+            keep = sorted(next(b for b in blocks if top in b))
         if 0 < len(keep) < min_keep:
             keep = sorted(int(i) for i in torch.argsort(p, descending=True, stable=True)[:min(min_keep, g.size)])
         groups.append(GroupPlan(g.name, g.size, _equalise(keep, p, g), [float(x) for x in p]))
@@ -94,7 +101,8 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
 
     Above: drop kept channels, the least probable first (over all groups), as few as bring the cost
     to the target or below. Below: add back dropped channels, the most probable first, as many as
-    keep it at or below the target. A group is never emptied or revived by this, keeps at least
+    keep it at or below the target (skipping those that would pass it). A group is never emptied
+    or revived by this, keeps at least
     `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. With
     `units` (per group, the channel blocks that move together, `GateSet.units()`), whole blocks move:
     an aligned plan stays aligned. The plan's meta records both ratios (`projected`).
@@ -126,9 +134,9 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
         cands += [(max(gp.probs[c] for c in b), gi, b[0], b) for b in take]
     cands.sort(key=lambda t: (t[0], t[1], t[2]), reverse=not above)
 
-    def moved(k: int) -> PrunePlan:
+    def moved(chosen: list) -> PrunePlan:
         change: dict[int, set] = {}
-        for _, gi, _, chans in cands[:k]:
+        for _, gi, _, chans in chosen:
             change.setdefault(gi, set()).update(chans)
         groups = []
         for gi, gp in enumerate(plan.groups):
@@ -137,18 +145,21 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
             groups.append(GroupPlan(gp.name, gp.size, keep, gp.probs))
         return PrunePlan(groups, plan.arch, plan.input_shape, plan.tau, dict(plan.meta))
 
-    lo, hi = 0, len(cands)  # above: the fewest moves reaching <= target; below: the most staying <= target
-    while lo < hi:
-        mid = (lo + hi + (0 if above else 1)) // 2
-        ok = cost.ratio(moved(mid)) <= target
-        if above:
-            lo, hi = (lo, mid) if ok else (mid + 1, hi)
-        else:
-            lo, hi = (mid, hi) if ok else (lo, mid - 1)
-    out = moved(lo)
+    if above:  # the fewest drops (least probable first) reaching <= target
+        lo, hi = 0, len(cands)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if cost.ratio(moved(cands[:mid])) <= target else (mid + 1, hi)
+        chosen = cands[:lo]
+    else:  # add back the most probable first, skipping any that would pass the target
+        chosen = []
+        for c in cands:
+            if cost.ratio(moved([*chosen, c])) <= target:
+                chosen.append(c)
+    out = moved(chosen)
     r1 = cost.ratio(out)
-    moved_channels = sum(len(t[3]) for t in cands[:lo])
-    out.meta["projected"] = {"from": r0, "to": r1, "channels": moved_channels, "units": lo, "tolerance": tolerance}
+    moved_channels = sum(len(t[3]) for t in chosen)
+    out.meta["projected"] = {"from": r0, "to": r1, "channels": moved_channels, "units": len(chosen), "tolerance": tolerance}
     out.meta["cost"] = {"name": cost.name, "ratio": r1}
     return out
 

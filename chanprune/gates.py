@@ -277,7 +277,9 @@ class GateSet(nn.Module):
     `fix_(plan)` pins fixed keep-masks: the frozen gated model that a slim model must reproduce.
     `kind` and `config` choose the gate (a registered kind and its settings); `config["block"]`
     N > 1 gates blocks of N channels (`BlockGate`) in every group without parts, so that kept counts
-    are multiples of N (or the whole group) by construction.
+    are multiples of N (or the whole group) by construction. `config["essential"]` names the groups
+    that must keep at least one channel (`find_essential_`): where a sample or a threshold closes all
+    of such a group, its most probable unit (channel or block) stays open.
     """
 
     def __init__(self, graph: ChannelGraph, *, kind: str = "gumbel", tau: float = 0.5, mode: str = "threshold",
@@ -290,7 +292,7 @@ class GateSet(nn.Module):
         self.graph = graph
         self.names = [g.name for g in graph.groups]
         self.kind, self.config = kind, dict(config or {})
-        settings = {k: v for k, v in self.config.items() if k != "block"}
+        settings = {k: v for k, v in self.config.items() if k not in ("block", "essential")}
         self.block = int(self.config.get("block", 1))
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
@@ -301,6 +303,9 @@ class GateSet(nn.Module):
             return make_gate(kind, g.size, **settings)
 
         self.gates = nn.ModuleList(gate(g) for g in graph.groups)
+        unknown = set(self.config.get("essential", [])) - set(self.names)
+        if unknown:
+            raise ValueError(f"essential group {sorted(unknown)[0]!r} is not a group of this graph")
         if any(g.input_dependent for g in self.gates):
             raise NotImplementedError(f"gate kind {kind!r} depends on the input; GateSet does not run such gates yet")
         self.mode = mode
@@ -362,6 +367,65 @@ class GateSet(nn.Module):
                 g.rank_(s)
         return self
 
+    def essential(self) -> list[bool]:
+        """Per group: must it keep a channel (`find_essential_`)?"""
+        names = set(self.config.get("essential", []))
+        return [n in names for n in self.names]
+
+    @torch.no_grad()
+    def find_essential_(self, model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+        """Mark the groups without which the output no longer depends on the input (a residual
+        stream, the classifier's input): with only that group closed, two random inputs give the
+        same output. Closing such a group leaves a constant network, so it keeps at least one unit.
+        A residual branch's inner group is not one: the block becomes the identity. One forward pass
+        of two inputs per group; `model` must carry these gates. Returns the names, also kept in
+        `config["essential"]` (and so in the checkpoint)."""
+        was_training, fixed, mode = model.training, self._fixed, self.mode
+        x = torch.randn(2, *example_inputs.shape[1:], generator=torch.Generator().manual_seed(0))
+        x = x.to(example_inputs.device, example_inputs.dtype)
+        found = []
+        try:
+            model.eval()
+            ones = [torch.ones(g.num_channels) for g in self.gates]
+            self.fix_(ones)
+            dense = model(x)
+            spread = float((dense[0] - dense[1]).abs().max()) if torch.is_tensor(dense) else 0.0
+            if spread > 0:  # relative to how much two inputs differ: random weights can shrink outputs to 1e-10
+                for i, name in enumerate(self.names):
+                    self.fix_([torch.zeros_like(m) if j == i else m for j, m in enumerate(ones)])
+                    out = model(x)
+                    if float((out[0] - out[1]).abs().max()) <= 1e-6 * spread:
+                        found.append(name)
+        finally:
+            self._fixed, self.mode = fixed, mode
+            model.train(was_training)
+        self.config["essential"] = found
+        return found
+
+    def _floor_(self, z: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Open the most probable unit of an essential group in every row where all of it is closed
+        (a constant added to the sample: the gradient on the sample is unchanged)."""
+        for i, ess in enumerate(self.essential()):
+            if not ess:
+                continue
+            empty = (z[i].detach().sum(dim=1, keepdim=True) == 0).to(z[i].dtype)
+            if not bool(empty.any()):
+                continue
+            g = self.gates[i]
+            with torch.no_grad():
+                top = int(torch.argmax(g.probs().detach()))
+                unit = (g.assign == g.assign[top]) if isinstance(g, BlockGate) else (
+                    torch.arange(g.num_channels, device=z[i].device) == top)
+            z[i] = z[i] + empty * unit.to(z[i].device, z[i].dtype).unsqueeze(0)
+        return z
+
+    @torch.no_grad()
+    def threshold_masks(self, tau: float | None = None) -> list[torch.Tensor]:
+        """Per group, the 0/1 mask of channels with p > tau (default: the gates' tau), essential
+        groups floored as in a forward pass: what `freeze` keeps."""
+        t = self.tau if tau is None else tau
+        return [m.squeeze(0) for m in self._floor_([(p.detach() > t).float().unsqueeze(0) for p in self.probs()])]
+
     def current(self) -> list[torch.Tensor] | None:
         """The masks used by the last forward pass, (B or 1, C) per group (differentiable)."""
         return self._z
@@ -371,10 +435,10 @@ class GateSet(nn.Module):
         if self._fixed is not None:
             self._z = [m.to(_device(self.gates[i])) for i, m in enumerate(self._fixed)]
         elif module.training:
-            self._z = [g.sample(batch) for g in self.gates]
+            self._z = self._floor_([g.sample(batch) for g in self.gates])
         else:
             with torch.no_grad():
-                self._z = [g.mask(self.mode, batch=batch, tau=self.tau) for g in self.gates]
+                self._z = self._floor_([g.mask(self.mode, batch=batch, tau=self.tau) for g in self.gates])
 
     def _make_hook(self, entries):
         def hook(module, args):

@@ -308,6 +308,6 @@ def _annealer(gates: GateSet, config: LearnConfig, total_steps: int):
 
 def gate_metrics(gates: GateSet, cost: Cost, config: LearnConfig) -> dict:
     probs = gates.probs()
-    masks = [(p > config.tau).float().detach() for p in probs]
+    masks = gates.threshold_masks(config.tau)
     return {"polarized": polarization(probs).polarized, "kept_channels": int(sum(m.sum().item() for m in masks)),
             "gated_channels": sum(m.numel() for m in masks), "cost_ratio_at_tau": float(cost.ratio_of(masks))}

@@ -107,7 +107,8 @@ class GatedModel:
                                  f"and its weights fit that plan only; drop --tau (or pass --tau {stored.tau})")
         return freeze(self.graph, self.gates.probs(), tau=self.tau if tau is None else tau,
                       min_keep=int(self.ckpt.learn_config.get("min_keep", 0)), arch=self.arch,
-                      input_shape=self.input_shape, cost=self.cost)
+                      input_shape=self.input_shape, cost=self.cost, essential=self.gates.essential(),
+                      units=self.gates.units())
 
 
 def load_dense(path: str | os.PathLike, *, arch: str | None = None) -> tuple[nn.Module, DenseCheckpoint]:

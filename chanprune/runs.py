@@ -232,7 +232,9 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     if config.target < floor + 0.01:
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
-    gates = GateSet(graph, kind=config.gate, tau=config.tau, config={"block": block} if block > 1 else None)
+    gate_config = (dict((ckpt.gate or {}).get("config") or {}) if ckpt is not None
+                   else ({"block": block} if block > 1 else None))
+    gates = GateSet(graph, kind=config.gate, tau=config.tau, config=gate_config)
     if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
     if block > 1 and ckpt is None:  # a block holds channels of like importance (the weights' group norm)
@@ -245,6 +247,8 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
             raise ChanpruneError(f"--gate-init norm: {e}") from None
     model.to(device)
     gates.to(device).attach_(model)
+    if ckpt is None:  # groups whose closing leaves a constant network keep a unit (a residual stream)
+        gates.find_essential_(model, x.to(device))
     template = GatedCheckpoint(
         arch, {"num_classes": classes, "in_channels": channels}, shape, {}, data=data, config=asdict(config),
         stage="learn", learn_config=asdict(config), gate={"kind": gates.kind, "config": gates.config},
@@ -276,7 +280,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
             progress("frozen", frozen)
         ckpt = None
         plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
-                      cost=cost)
+                      cost=cost, essential=gates.essential(), units=gates.units())
         if block > 1:
             plan.meta["block"] = block
         if config.project:
@@ -386,7 +390,7 @@ class _Readiness:
             return None
         with torch.no_grad():
             probs = self.gates.probs()
-            ratio = float(self.cost.ratio_of([(p > self.config.tau).float() for p in probs]))
+            ratio = float(self.cost.ratio_of(self.gates.threshold_masks(self.config.tau)))
         if polarization(probs).ok and abs(ratio - self.config.target) <= self.config.ready_tolerance:
             self.since = done if self.since is None else self.since
             if done - self.since >= self.config.ready_window:

@@ -120,3 +120,63 @@ def test_attach_to_other_architecture_fails():
     graph = find_groups(nets.Chain().eval(), X)
     with pytest.raises(ValueError, match="another architecture"):
         attach_gates(nets.Concat().eval(), graph)
+
+
+def _closed_(gates):
+    """Every gate's logits set to 'close' (p ~ 0)."""
+    for g in gates.gates:
+        inner = getattr(g, "inner", g)
+        with torch.no_grad():
+            inner.logits[:, 0], inner.logits[:, 1] = 5.0, -5.0
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_essential_groups_keep_a_unit_in_samples_thresholds_and_freeze(block):
+    """A residual stream closed whole leaves a constant network (the latency budget once closed
+    ResNet-20's first stream: 11% accuracy). Those groups are found by running the model, and keep
+    their most probable channel (or block) everywhere the gates decide: training samples, the
+    threshold masks, and freeze. A residual branch's inner group is not essential: it may close."""
+    from chanprune.freeze import freeze
+    from chanprune.zoo import build_model
+
+    model = build_model("resnet20", num_classes=10)
+    x = torch.zeros(1, 3, 28, 28)
+    graph = find_groups(model, x)
+    gates = GateSet(graph, config={"block": block} if block > 1 else None).attach_(model)
+    found = gates.find_essential_(model, x)
+    assert found == ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+    assert gates.config["essential"] == found
+    ess = gates.essential()
+    assert sum(ess) == 3 and not ess[graph.groups.index(graph.group("layer1.0.conv1"))]
+    _closed_(gates)
+    unit = block if block > 1 else 1
+    model.train()
+    model(torch.randn(4, 3, 28, 28))
+    z = gates.current()
+    for i, e in enumerate(ess):
+        per_row = z[i].detach().sum(dim=1)
+        assert torch.equal(per_row, torch.full_like(per_row, float(unit) if e else 0.0))
+    # the floor is a constant: the sample's gradient still reaches the gate logits
+    model.zero_grad()
+    model(torch.randn(2, 3, 28, 28)).sum().backward()
+    first = gates.gates[ess.index(True)]
+    assert getattr(first, "inner", first).logits.grad is not None
+    masks = gates.threshold_masks()
+    assert [int(m.sum()) for m in masks] == [unit if e else 0 for e in ess]
+    plan = freeze(graph, gates.probs(), essential=ess, units=gates.units())
+    assert [len(gp.keep) for gp in plan.groups] == [unit if e else 0 for e in ess]
+    if block > 1:  # one block of 16 carries the input through (a single channel may be dead after a ReLU)
+        model.eval()
+        a, b = model(torch.randn(1, 3, 28, 28)), model(torch.randn(1, 3, 28, 28))
+        assert not torch.allclose(a, b)  # the network still sees its input
+
+
+def test_essential_survives_the_gate_config_and_rejects_unknown_groups():
+    model, x = nets.Residual(), torch.zeros(1, 3, 16, 16)
+    graph = find_groups(model, x)
+    gates = GateSet(graph).attach_(model)
+    found = gates.find_essential_(model, x)
+    again = GateSet(graph, config=gates.config)
+    assert again.essential() == gates.essential() and sum(again.essential()) == len(found)
+    with pytest.raises(ValueError, match="not a group"):
+        GateSet(graph, config={"essential": ["nope"]})

@@ -127,7 +127,7 @@ def test_learn_against_latency_is_aligned_near_target_and_exports_exactly(learne
     root, lut, out, res = learned
     assert res["cost"] == "latency" and abs(res["cost_ratio"] - 0.5) <= 0.05
     ckpt = torch.load(out / "model.pt", weights_only=True)
-    assert ckpt["gate"]["config"] == {"block": 4} and ckpt["plan"]["meta"]["block"] == 4
+    assert ckpt["gate"]["config"]["block"] == 4 and ckpt["gate"]["config"]["essential"] and ckpt["plan"]["meta"]["block"] == 4
     assert all(len(g["keep"]) % 4 == 0 for g in ckpt["plan"]["groups"])
     assert ckpt["cost"]["table"]["layers"]  # the table travels with the run
     lut.unlink()  # export needs no file: the checkpoint holds the table

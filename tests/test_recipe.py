@@ -247,6 +247,9 @@ def test_readiness_waits_for_a_window_on_target_and_resets_when_off():
         def probs(self):
             return self.p
 
+        def threshold_masks(self, tau):
+            return [(p > tau).float() for p in self.p]
+
     class FakeCost:
         ratio = 0.5
 
