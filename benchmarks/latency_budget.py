@@ -233,6 +233,11 @@ def main():
                           "unaligned_val_accuracy": unal["result"].get("val_accuracy"),
                           "flops_val_accuracy": fl["result"].get("val_accuracy"),
                           "seconds": {"latency": ours["seconds"], "latency_b1": unal["seconds"], "flops": fl["seconds"]},
+                          "profile": {"seconds": table["meta"].get("seconds"), "points": table["meta"].get("points"),
+                                      "unique_layers": table["meta"].get("unique_layers"),
+                                      "calibration": {b: {"max_abs_rel_error": c["error"]["max_abs_rel_error"],
+                                                          "holdout_rel_error": c["holdout"]["rel_error"]}
+                                                      for b, c in (table.get("calibration") or {}).items()}},
                           "command": ours["command"]})
             speed = lambda e: {**e, "predicted_speedup": (e.get("predicted_speedup") or {}).get("by_batch")}  # noqa: E731
             variants = {"cp-latency": speed(ours_x), "cp-latency-b1-r16": speed(unal_x), "cp-flops-r16": speed(fl_x),

@@ -77,6 +77,85 @@ def latency_section() -> list[str]:
     return out + [""]
 
 
+def latency_budget_section() -> list[str]:
+    rows = load("latency_budget")
+    lat = [r for r in rows if r.get("kind") == "latency"]
+    plans = {(r["arch"], r["target"]): r for r in rows if r.get("kind") == "plan"}
+    if not lat:
+        return []
+    cell = {(r["arch"], r["target"], r["method"], r["batch"]): r for r in lat}
+    methods = list(dict.fromkeys(r["method"] for r in lat))
+    p0 = next(iter(plans.values()), {})
+    out = ["### Latency as the budget (onnxruntime CPU, 224x224, 2 threads)", "",
+           ("`python benchmarks/latency_budget.py` (rows: `benchmarks/results/latency_budget.jsonl`). Baselines trained "
+            f"here at 64 px on the first {p0.get('limit', '?')} Fashion-MNIST images (efficientnet_lite0: its ImageNet "
+            "weights, moved the same way); one latency table per model (`chanprune profile`, batch 1 and 32); plans "
+            f"learned at 64 px for {p0.get('epochs', '?')} epoch(s) without fine-tuning, deployed at 224. The target is "
+            "the fraction of the dense latency (mean over batch 1 and 32). `cp-latency`: `--budget latency`, gates over "
+            "blocks (aligned by construction); `cp-latency-b1-r16`: the same with `--block 1`, rounded to 16 at export; "
+            "`cp-flops-r16`: `--budget flops` at cp-latency's FLOPs, rounded to 16; `tp-r16@flops` / `tp-r16@latency`: "
+            "Torch-Pruning MetaPruner (magnitude, uniform, round_to=16) at cp-latency's FLOPs / at its measured batch-1 "
+            "latency (bisection on measured latency). Speedup: median per-round dense/slim ratio, interleaved in one "
+            "process; predicted: from the table. Efficiency = speedup x FLOPs ratio. Bold: efficiency >= 1.0. "
+            f"Machine: {machines(lat)}."), "",
+           "| arch | target | method | FLOPs | b1 speedup (pred.) | b1 eff. | b32 speedup (pred.) | b32 eff. |",
+           "|---|---|---|---|---|---|---|---|"]
+
+    def part(r):
+        if r is None:
+            return "| - | -"
+        bold = "**" if r["efficiency"] >= 1.0 else ""
+        pred = f" ({r['predicted_speedup']:.2f}x)" if r.get("predicted_speedup") else ""
+        return f"| {r['speedup']:.2f}x{pred} | {bold}{r['efficiency']:.2f}{bold}"
+
+    archs = list(dict.fromkeys(r["arch"] for r in lat))
+    for arch in archs:
+        for t in sorted({r["target"] for r in lat if r["arch"] == arch}):
+            for m in methods:
+                b1, b32 = cell.get((arch, t, m, 1)), cell.get((arch, t, m, 32))
+                if b1 or b32:
+                    out.append(f"| {arch} | {t} | {m} | {(b1 or b32)['flops_ratio']:.3f} {part(b1)} {part(b32)} |")
+    out += ["", "Mean efficiency per arch (goal: >= 1.0 at batch 1 and 32 for cp-latency):", "",
+            "| arch | " + " | ".join(f"{m} b1 | {m} b32" for m in methods) + " |",
+            "|---|" + "---|" * (2 * len(methods))]
+    for arch in archs:
+        cells = []
+        for m in methods:
+            for b in (1, 32):
+                e = [r["efficiency"] for r in lat if r["arch"] == arch and r["method"] == m and r["batch"] == b]
+                cells.append(f"{statistics.fmean(e):.2f}" if e else "-")
+        out.append(f"| {arch} | " + " | ".join(cells) + " |")
+    out += ["", "Latency fidelity of cp-latency: the target, the table's prediction after learning (at tau) and after "
+            "projection, and the measured ratio (mean of batch 1 and 32, interleaved):", "",
+            "| arch | target | learned | projected | measured b1 | measured b32 | measured mean | off by | aligned |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for (arch, t), p in plans.items():
+        m1, m32 = cell.get((arch, t, "cp-latency", 1)), cell.get((arch, t, "cp-latency", 32))
+        if not (m1 and m32):
+            continue
+        mean = (m1["latency_ratio"] + m32["latency_ratio"]) / 2
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        out.append(f"| {arch} | {t} | {f(p.get('latency_learned'))} | {f(p.get('latency_projected'))} | "
+                   f"{m1['latency_ratio']:.3f} | {m32['latency_ratio']:.3f} | {mean:.3f} | {mean - t:+.3f} | "
+                   f"{'yes' if p.get('aligned') else 'no'} |")
+    prof = {}
+    for (arch, _), p in plans.items():
+        if p.get("profile"):
+            prof.setdefault(arch, p["profile"])
+    if prof:
+        out += ["", "Profiling cost (`chanprune profile`, this machine) and the table's calibration error against "
+                "whole models (fit plans: worst; holdout plan: not in the fit):", "",
+                "| arch | seconds | unique layers | grid points | b1 worst / holdout | b32 worst / holdout |",
+                "|---|---|---|---|---|---|"]
+        for arch, pr in prof.items():
+            cal = pr.get("calibration") or {}
+            c = lambda b: ("-" if b not in cal else  # noqa: E731
+                           f"{100 * cal[b]['max_abs_rel_error']:.1f}% / {100 * cal[b]['holdout_rel_error']:+.1f}%")
+            out.append(f"| {arch} | {pr['seconds']:.0f} | {pr.get('unique_layers')} | {pr.get('points')} | "
+                       f"{c('1')} | {c('32')} |")
+    return out + [""]
+
+
 def why_section() -> list[str]:
     rows = load("why")
     if not rows:
@@ -289,7 +368,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + why_section() + fidelity_section() + accuracy_section() + costs_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + costs_section() + guard_section())
 
 
 def main():
