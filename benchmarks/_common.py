@@ -143,3 +143,41 @@ def tp_prune_to_flops(make_model, example_inputs, flops_target: int, **kwargs):
         m = tp_prune(make_model(), example_inputs, hi, **kwargs)
         best = (m, hi, count_flops(m, example_inputs).total)
     return best
+
+
+def measure_vs_dense(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_onnx: Path,
+                     batches: list[int], deploy: list[int], timing: dict[int, dict], extra=None) -> dict:
+    """Time every variant's ONNX (`v["onnx"]`) against the dense one, interleaved in one run per
+    batch size (onnxruntime CPU, 2 threads), and add a `latency` row per variant and batch; batches
+    whose rows are all there are skipped. `extra(v, b)` adds fields to a row. Returns
+    {(method, batch): row}, rows already there included."""
+    import numpy as np
+
+    from chanprune.measure.latency import make_runner, measure_interleaved, ratio_stats
+
+    got = {}
+    for b in batches:
+        keys = {m: f"lat/{arch}/t{t}/{m}/b{b}" for m in variants}
+        if all(k in rows for k in keys.values()):
+            got.update({(m, b): rows.get(k) for m, k in keys.items()})
+            continue
+        shape = [b, *deploy[1:]]
+        runners = {"dense": make_runner(dense_onnx, "ort-cpu", shape, threads=2)}
+        runners.update({m: make_runner(v["onnx"], "ort-cpu", shape, threads=2) for m, v in variants.items()})
+        times = measure_interleaved(runners, **timing[b])
+        print(f"{arch} t={t} batch {b}: dense {np.median(times['dense']):.1f} ms", flush=True)
+        for m, v in variants.items():
+            speedup, spread = ratio_stats(times["dense"], times[m])
+            row = rows.add({
+                "key": keys[m], "kind": "latency", "arch": arch, "target": t, "method": m, "batch": b,
+                "backend": "ort-cpu", "threads": 2, "input_shape": shape, **(extra(v, b) if extra else {}),
+                "flops_ratio": v["flops_ratio"], "dense_ms": float(np.median(times["dense"])),
+                "slim_ms": float(np.median(times[m])), "speedup": speedup, "speedup_p10_p90": spread,
+                "efficiency": speedup * v["flops_ratio"], **timing[b],
+            })
+            got[(m, b)] = row
+            print(f"  {m:<18} FLOPs {row['flops_ratio']:.3f}  {row['slim_ms']:8.1f} ms  speedup {speedup:.2f}x  "
+                  f"efficiency {row['efficiency']:.2f}"
+                  + (f"  (predicted {row['predicted_speedup']:.2f}x)" if row.get("predicted_speedup") else ""),
+                  flush=True)
+    return got

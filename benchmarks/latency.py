@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import Rows, export, run_finished, run_stage, tp_prune_to_flops
+from _common import Rows, export, measure_vs_dense, run_finished, run_stage, tp_prune_to_flops
 
 DEPLOY = [1, 3, 224, 224]
 LEARN = {"image_size": 64, "limit": 12800, "batch_size": 64, "epochs": 1, "lr": 0.05}
@@ -84,31 +84,8 @@ def tp_variant(run: Path, name: str, flops_target_ratio: float, round_to: int | 
 
 
 def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_onnx: Path, batches: list[int]) -> None:
-    import numpy as np
-
-    from chanprune.measure.latency import make_runner, measure_interleaved, ratio_stats
-
-    for b in batches:
-        keys = {m: f"lat/{arch}/t{t}/{m}/b{b}" for m in variants}
-        if all(k in rows for k in keys.values()):
-            continue
-        shape = [b, *DEPLOY[1:]]
-        runners = {"dense": make_runner(dense_onnx, "ort-cpu", shape, threads=2)}
-        runners.update({m: make_runner(v["onnx"], "ort-cpu", shape, threads=2) for m, v in variants.items()})
-        times = measure_interleaved(runners, **TIMING[b])
-        print(f"{arch} t={t} batch {b}: dense {np.median(times['dense']):.1f} ms", flush=True)
-        for m, v in variants.items():
-            speedup, spread = ratio_stats(times["dense"], times[m])
-            row = rows.add({
-                "key": keys[m], "kind": "latency", "arch": arch, "target": t, "method": m, "batch": b,
-                "backend": "ort-cpu", "threads": 2, "input_shape": shape, "round_to": v.get("round_to"),
-                "flops_ratio": v["flops_ratio"], "params_slim": v["params_slim"],
-                "dense_ms": float(np.median(times["dense"])), "slim_ms": float(np.median(times[m])),
-                "speedup": speedup, "speedup_p10_p90": spread,
-                "efficiency": speedup * v["flops_ratio"], **TIMING[b],
-            })
-            print(f"  {m:<16} FLOPs {row['flops_ratio']:.3f}  {row['slim_ms']:8.1f} ms  speedup {speedup:.2f}x  "
-                  f"efficiency {row['efficiency']:.2f}", flush=True)
+    measure_vs_dense(rows, arch, t, variants, dense_onnx, batches, DEPLOY, TIMING,
+                     lambda v, b: {"round_to": v.get("round_to"), "params_slim": v["params_slim"]})
 
 
 def main():

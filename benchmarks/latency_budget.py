@@ -14,7 +14,8 @@ baseline's weights for `--epochs` at 64 px (plans only: `--finetune-epochs 0`) a
   tp-r16@latency    the same, its ratio bisected on measured batch-1 latency to cp-latency's
 
 Every model and the dense one are timed in one interleaved run per batch size (2 threads).
-Rows: the predicted latency ratio (learned, then projected) and the measured one, speedups, FLOPs.
+Rows: the predicted latency ratio (learned, then projected), the measured speedups (1 / the latency
+ratio), FLOPs.
 
     python benchmarks/latency_budget.py [--archs resnet18,mobilenet_v2,efficientnet_lite0,resnet34,resnet50]
                                         [--targets 0.5,0.3,0.7] [--out runs/bench/latency_budget]
@@ -30,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import CLI, Rows, export, run_finished, run_stage, tp_prune
+from _common import CLI, Rows, export, measure_vs_dense, run_finished, run_stage, tp_prune
 
 DEPLOY = [1, 3, 224, 224]
 BATCHES = [1, 32]
@@ -152,35 +153,9 @@ def _settle(d: dict | None, out: Path) -> dict:
     return d
 
 
-def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_onnx: Path) -> dict[str, dict]:
-    import numpy as np
-
-    from chanprune.measure.latency import make_runner, measure_interleaved, ratio_stats
-
-    got = {}
-    for b in BATCHES:
-        keys = {m: f"lat/{arch}/t{t}/{m}/b{b}" for m in variants}
-        if all(k in rows for k in keys.values()):
-            got.update({(m, b): rows.get(k) for m, k in keys.items()})
-            continue
-        shape = [b, *DEPLOY[1:]]
-        runners = {"dense": make_runner(dense_onnx, "ort-cpu", shape, threads=2)}
-        runners.update({m: make_runner(v["onnx"], "ort-cpu", shape, threads=2) for m, v in variants.items()})
-        times = measure_interleaved(runners, **TIMING[b])
-        print(f"{arch} t={t} batch {b}: dense {np.median(times['dense']):.1f} ms", flush=True)
-        for m, v in variants.items():
-            speedup, spread = ratio_stats(times["dense"], times[m])
-            row = rows.add({
-                "key": keys[m], "kind": "latency", "arch": arch, "target": t, "method": m, "batch": b,
-                "backend": "ort-cpu", "threads": 2, "input_shape": shape, "flops_ratio": v["flops_ratio"],
-                "params_slim": v.get("params_slim"), "predicted_speedup": (v.get("predicted_speedup") or {}).get(str(b)),
-                "dense_ms": float(np.median(times["dense"])), "slim_ms": float(np.median(times[m])),
-                "speedup": speedup, "latency_ratio": 1 / speedup, "speedup_p10_p90": spread, **TIMING[b],
-            })
-            got[(m, b)] = row
-            print(f"  {m:<18} FLOPs {row['flops_ratio']:.3f}  {row['slim_ms']:8.1f} ms  speedup {speedup:.2f}x"
-                  + (f" (predicted {row['predicted_speedup']:.2f}x)" if row["predicted_speedup"] else ""), flush=True)
-    return got
+def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_onnx: Path) -> dict[tuple, dict]:
+    return measure_vs_dense(rows, arch, t, variants, dense_onnx, BATCHES, DEPLOY, TIMING, lambda v, b: {
+        "params_slim": v.get("params_slim"), "predicted_speedup": (v.get("predicted_speedup") or {}).get(str(b))})
 
 
 def main():
@@ -244,7 +219,7 @@ def main():
                         "tp-r16@flops": tp_at_flops(base, ours_x["flops_ratio"], run / "tp_flops")}
             # cp-latency's measured batch-1 latency ratio sets the Torch-Pruning latency match
             first = measure(rows, arch, t, variants, dense_onnx)
-            variants["tp-r16@latency"] = tp_at_latency(base, dense_onnx, first[("cp-latency", 1)]["latency_ratio"],
+            variants["tp-r16@latency"] = tp_at_latency(base, dense_onnx, 1 / first[("cp-latency", 1)]["speedup"],
                                                        run / "tp_latency")
             measure(rows, arch, t, {"tp-r16@latency": variants["tp-r16@latency"]}, dense_onnx)
 

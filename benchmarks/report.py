@@ -133,10 +133,11 @@ def latency_budget_section() -> list[str]:
         m1, m32 = cell.get((arch, t, "cp-latency", 1)), cell.get((arch, t, "cp-latency", 32))
         if not (m1 and m32):
             continue
-        mean = (m1["latency_ratio"] + m32["latency_ratio"]) / 2
+        r1, r32 = 1 / m1["speedup"], 1 / m32["speedup"]
+        mean = (r1 + r32) / 2
         f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         out.append(f"| {arch} | {t} | {f(p.get('latency_learned'))} | {f(p.get('latency_projected'))} | "
-                   f"{m1['latency_ratio']:.3f} | {m32['latency_ratio']:.3f} | {mean:.3f} | {mean - t:+.3f} | "
+                   f"{r1:.3f} | {r32:.3f} | {mean:.3f} | {mean - t:+.3f} | "
                    f"{'yes' if p.get('aligned') else 'no'} |")
     prof = {}
     for (arch, _), p in plans.items():

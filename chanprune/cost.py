@@ -129,6 +129,24 @@ class _Term:
         return v
 
 
+def _site_counts(graph: ChannelGraph):
+    """count(module, role) -> the kept count of that layer dimension as a function of the masks."""
+    sites: dict[tuple[str, str], list] = {}
+    for gi, g in enumerate(graph.groups):
+        for s in g.sites:
+            sites.setdefault((s.module, s.role), []).append((gi, s))
+
+    def count(module: str, role: str) -> _Count | None:
+        found = sites.get((module, role))
+        if not found:
+            return None
+        total = found[0][1].channels
+        gated = sum(len(s.layer_idxs) for _, s in found)
+        return _Count(total, total - gated, [(gi, torch.tensor(s.root_idxs, dtype=torch.long)) for gi, s in found])
+
+    return count
+
+
 @register_cost("flops")
 class FlopsCost(Cost):
     """fvcore's FLOPs of one model, input shape and channel graph, as a function of the masks."""
@@ -138,19 +156,7 @@ class FlopsCost(Cost):
         report = count_flops(model, example_inputs)
         self._dense = float(report.total)
         mods = dict(model.named_modules())
-        sites: dict[tuple[str, str], list] = {}
-        for gi, g in enumerate(graph.groups):
-            for s in g.sites:
-                sites.setdefault((s.module, s.role), []).append((gi, s))
-
-        def count(module: str, role: str) -> _Count | None:
-            found = sites.get((module, role))
-            if not found:
-                return None
-            total = found[0][1].channels
-            gated = sum(len(s.layer_idxs) for _, s in found)
-            return _Count(total, total - gated, [(gi, torch.tensor(s.root_idxs, dtype=torch.long)) for gi, s in found])
-
+        count = _site_counts(graph)
         self.terms: list[_Term] = []
         for name, f in report.by_module.items():
             m = mods.get(name)
@@ -165,7 +171,8 @@ class FlopsCost(Cost):
                 self.terms.append(_Term(name, float(f), None, per_channel))
             elif inp is not None or out is not None:
                 self.terms.append(_Term(name, float(f), inp, out))
-        for f, src in _per_channel_ops(model, example_inputs, {m for m, r in sites if r in ("out", "dw", "chan")}):
+        for f, src in _per_channel_ops(model, example_inputs, {s.module for g in graph.groups for s in g.sites
+                                                                if s.role in ("out", "dw", "chan")}):
             c = src and (count(src, "chan") or count(src, "dw") or count(src, "out"))
             if c:
                 self.terms.append(_Term(f"{src}->pool", f, None, c))
@@ -206,23 +213,6 @@ class ChannelsCost(Cost):
     def describe(self) -> dict:
         return {**super().describe(), "unit": "gated channels kept"}
 
-
-def _site_counts(graph: ChannelGraph):
-    """count(module, role) -> the kept count of that layer dimension as a function of the masks."""
-    sites: dict[tuple[str, str], list] = {}
-    for gi, g in enumerate(graph.groups):
-        for s in g.sites:
-            sites.setdefault((s.module, s.role), []).append((gi, s))
-
-    def count(module: str, role: str) -> _Count | None:
-        found = sites.get((module, role))
-        if not found:
-            return None
-        total = found[0][1].channels
-        gated = sum(len(s.layer_idxs) for _, s in found)
-        return _Count(total, total - gated, [(gi, torch.tensor(s.root_idxs, dtype=torch.long)) for gi, s in found])
-
-    return count
 
 
 @register_cost("latency")

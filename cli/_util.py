@@ -53,6 +53,17 @@ class InputShape(click.ParamType):
 INPUT_SHAPE = InputShape()
 
 
+def batch_sizes_option(value: str) -> tuple[int, ...]:
+    """--batch-size 1,32 -> (1, 32); a bad list is a BadParameter (exit 2)."""
+    try:
+        sizes = tuple(int(b) for b in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint="--batch-size")
+    if any(b < 1 for b in sizes):
+        raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-size")
+    return sizes
+
+
 class Tolerance(click.ParamType):
     """A finite, non-negative float."""
 

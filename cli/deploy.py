@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, emit_json, fmt_count, handle_errors
+from ._util import INPUT_SHAPE, TOLERANCE, JsonCommand, batch_sizes_option, emit_json, fmt_count, handle_errors
 
 
 @click.command(cls=JsonCommand)
@@ -123,12 +123,7 @@ def bench(model, vs, batch_sizes, backends, threads, input_shape, rounds, baseli
     """
     from chanprune.bench import bench_models, check_regression
 
-    try:
-        sizes = tuple(int(b) for b in batch_sizes.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{batch_sizes!r} is not a comma-separated list of integers", param_hint="--batch-size")
-    if any(b < 1 for b in sizes):
-        raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-size")
+    sizes = batch_sizes_option(batch_sizes)
     if baseline is not None and vs is None:
         raise click.BadParameter("--baseline compares speedups: pass --vs OTHER", param_hint="--baseline")
     r = bench_models(model, vs=vs, batch_sizes=sizes, backends=tuple(backends.split(",")) if backends else None,

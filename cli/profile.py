@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._util import INPUT_SHAPE, JsonCommand, emit_json, handle_errors
+from ._util import INPUT_SHAPE, JsonCommand, batch_sizes_option, emit_json, handle_errors
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")  # chanprune.measure.latency.BACKENDS, without torch
 
@@ -29,16 +29,6 @@ class Block(click.ParamType):
         if n < 1:
             self.fail(f"{value!r} must be >= 1 (or auto)", param, ctx)
         return n
-
-
-def _batch_sizes(value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(b) for b in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint="--batch-size")
-    if any(b < 1 for b in sizes):
-        raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-size")
-    return sizes
 
 
 def default_out(arch: str, input_shape: list[int], backend: str) -> Path:
@@ -122,7 +112,7 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
     """
     from chanprune.profile import profile_model
 
-    sizes = _batch_sizes(batch_sizes)
+    sizes = batch_sizes_option(batch_sizes)
     out = out or default_out(arch, input_shape, backend)
     lines = _Lines()
     try:
