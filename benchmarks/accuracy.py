@@ -27,6 +27,20 @@ Methods (`--methods`, comma-separated):
 
     python benchmarks/accuracy.py --suite main       [--arch resnet20] [--targets 0.5,0.25] [--seeds 0,1,2]
     python benchmarks/accuracy.py --suite ablations  (ResNet-20, t=0.5, seed 0)
+    python benchmarks/accuracy.py --suite latency    (EfficientNet-Lite0, latency target 0.5, seeds 0,1,2)
+
+The latency suite: accuracy at equal *measured* latency, on a model nobody here trained. The
+baseline is benchmarks/latency_budget.py's: EfficientNet-Lite0 with its ImageNet weights, moved to
+Fashion-MNIST at 64 px (2 epochs, first 12,800 images), with its latency table at 1x3x224x224. Per
+seed, every method trains E epochs at 64 px after pruning (chanprune's recipe, distillation included),
+is exported, and its ONNX at 224 is timed at batch 1 against the dense one (interleaved, 2 threads):
+  cp-latency      `learn --budget latency --lut LUT --target t` (gates over blocks of 16)
+  cp-flops-r16    `learn --budget flops` at cp-latency's FLOPs, exported with `--round-to 16` (the
+                  channels rounding adds back were not fine-tuned: what a user of rounding gets)
+  tp-r16+cp       Torch-Pruning MetaPruner (magnitude, one ratio, round_to=16), its ratio bisected
+                  on measured batch-1 latency to cp-latency's (the fastest not faster), then
+                  fine-tuned with chanprune's recipe
+Test accuracy is on the whole test split at 64 px, of the exported slim model.
 
 Rows go to benchmarks/results/accuracy.jsonl, one per (arch, setup, target, seed, method); rerunning
 skips them, so the grid resumes where it stopped.
@@ -238,26 +252,131 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
     model.eval()
 
 
+LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp"]
+
+
+def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
+    """The latency suite's three methods for one seed (see the module's docstring)."""
+    import latency_budget as lb
+    import torch
+
+    from chanprune.evaluate import eval_model
+    from chanprune.measure.latency import make_runner, measure_interleaved, ratio_stats
+
+    grid = Path("runs/bench/latency_budget")
+    base = lb.baseline(arch, grid, argparse.Namespace(limit=12800, base_epochs=2))
+    lut = lb.profile(arch, base, grid)
+    dense_onnx = grid / f"{arch}_dense" / "model.onnx"
+    if not dense_onnx.is_file():
+        from chanprune.export import export_onnx
+        from chanprune.load import load_dense
+
+        dense_onnx.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
+    tag = setup_tag(a.limit, a.epochs)
+    deploy = ",".join(map(str, lb.DEPLOY))
+    shape1 = [1, *lb.DEPLOY[1:]]
+
+    def timed(onnx_path) -> tuple[float, list[float]]:
+        times = measure_interleaved({"dense": make_runner(dense_onnx, "ort-cpu", shape1, threads=2),
+                                     "m": make_runner(onnx_path, "ort-cpu", shape1, threads=2)},
+                                    warmup=5, rounds=15, per_round=5)
+        return ratio_stats(times["m"], times["dense"])
+
+    def cp(method: str, extra: list[str], round_to: str) -> dict:
+        key = f"{arch}/{tag}/lat{t}/s{seed}/{method}"
+        if key in rows:
+            return rows.get(key)
+        run = a.out / f"{arch}_{tag}_lat{t}_s{seed}_{method}"
+        args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
+                "--image-size", "64", "--epochs", str(a.epochs), "--seed", str(seed), *extra]
+        t0 = time.perf_counter()
+        run_stage(args, run, done=run_finished(run))
+        seconds = time.perf_counter() - t0
+        slim = export(run / "model.pt", run / "slim", "--no-onnx", "--round-to", round_to)
+        x224 = export(run / "model.pt", run / "slim224", "--input-shape", deploy, "--round-to", round_to, "--lut", str(lut))
+        ratio, spread = timed(x224["onnx"])
+        hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return rows.add({
+            "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
+            "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
+            "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
+            "predicted_speedup": (x224.get("predicted_speedup") or {}).get("by_batch"),
+            "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
+            "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
+            "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact") and x224.get("exact"),
+            "command": "chanprune " + " ".join(args + ["--out", str(run)]),
+        })
+
+    ours = cp("cp-latency", ["--budget", "latency", "--lut", str(lut), "--target", str(t)], "auto")
+    rows_out = [ours, cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16")]
+    key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp"
+    if key not in rows:
+        from chanprune.learn import evaluate, fit
+        from chanprune.load import load_dense
+        from chanprune.measure.flops import count_flops, count_params
+        from chanprune.objective import Distill
+        from chanprune.runs import _setup
+
+        from _common import tp_prune
+
+        folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_tp-r16+cp"
+        tp = lb.tp_at_latency(base, dense_onnx, ours["latency_ratio_b1"], folder / "match")
+        dense, _ = load_dense(base)
+        model, bundle, _, _, shape = _setup(arch, "fashion-mnist", weights=None, num_classes=10, in_channels=3,
+                                            image_size=64, seed=seed, limit=a.limit)
+        x = torch.zeros(shape)
+        pruned = tp_prune(copy.deepcopy(dense).eval(), x, tp["pruning_ratio"], round_to=lb.BLOCK_RT)
+        ratio, spread = timed(tp["onnx"])
+        for q in pruned.parameters():
+            q.requires_grad_(True)
+        steps = a.epochs * bundle.train.num_batches(128)
+        t0 = time.perf_counter()
+        state = fit(pruned, bundle.train, bundle.val, _recipe("cp", seed, a.epochs, steps), distill=Distill(dense.eval()))
+        x224 = torch.zeros(lb.DEPLOY)
+        rows_out.append(rows.add({
+            "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
+            "method": "tp-r16+cp", "pruning_ratio": tp["pruning_ratio"],
+            "flops_ratio": count_flops(pruned, x224).total / count_flops(dense, x224).total,
+            "params_slim": count_params(pruned), "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
+            "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
+            "train_seconds": round(sum(h["epoch_seconds"] for h in state.history), 1),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "epochs": a.epochs, "limit": a.limit,
+            "command": f"python benchmarks/accuracy.py --suite latency --seeds {seed}"}))
+    else:
+        rows_out.append(rows.get(key))
+    for r in rows_out:
+        print(f"{r['method']:<14} latency target {t} seed {seed}: measured latency {r['latency_ratio_b1']:.3f}  "
+              f"FLOPs {r['flops_ratio']:.3f}  test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["main", "ablations"], default="main")
-    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--suite", choices=["main", "ablations", "latency"], default="main")
+    ap.add_argument("--arch", default=None, help="Default: resnet20 (efficientnet_lite0 for --suite latency).")
     ap.add_argument("--baseline", type=Path, default=None, help="A dense model.pt (default: shipped, or trained here).")
     ap.add_argument("--targets", default=None, help="Default: 0.5,0.25 (main), 0.5 (ablations).")
     ap.add_argument("--seeds", default=None, help="Default: 0,1,2 (main), 0 (ablations).")
     ap.add_argument("--methods", default=None, help="Default: the suite's.")
-    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--epochs", type=int, default=None, help=f"Default: {EPOCHS} (2 for --suite latency).")
     ap.add_argument("--limit", type=int, default=LIMIT)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
+    rows = Rows("accuracy")
+    if a.suite == "latency":
+        a.arch, a.epochs = a.arch or "efficientnet_lite0", a.epochs or 2
+        for seed in [int(s) for s in (a.seeds or "0,1,2").split(",")]:
+            for t in [float(s) for s in (a.targets or "0.5").split(",")]:
+                latency_suite(rows, a.arch, t, seed, a)
+        return
+    a.arch, a.epochs = a.arch or "resnet20", a.epochs or EPOCHS
     main_suite = a.suite == "main"
     targets = [float(s) for s in (a.targets or ("0.5,0.25" if main_suite else "0.5")).split(",")]
     seeds = [int(s) for s in (a.seeds or ("0,1,2" if main_suite else "0")).split(",")]
     methods = (a.methods or ",".join(MAIN if main_suite else ["cp-default", *ABLATIONS])).split(",")
-    rows = Rows("accuracy")
     base = baseline(a.arch, a.out, a.baseline)
     key = f"{a.arch}/baseline"
     if key not in rows:

@@ -166,8 +166,10 @@ def why_section() -> list[str]:
            "runs (after folding batch norm and fusing activations). NCHWc: the channels-blocked AVX-512 kernels, "
            "which need channel counts in multiples of 16; NCHW: the fallback (im2col + GEMM), plus reorder nodes "
            "between the two layouts."), "",
-           "| arch | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
-           "|---|---|---|---|---|---|---|---|"]
+           "Grid latency: FLOPs plans of `benchmarks/latency.py` (FLOPs target 0.5); grid latency_budget: the plans of "
+           "`benchmarks/latency_budget.py` (latency target 0.5; `--grid latency_budget`).", "",
+           "| grid | arch | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k = r.get("ms_per_kind", {})
         nchwc = sum(v for n, v in k.items() if "(NCHWc)" in n)
@@ -176,7 +178,7 @@ def why_section() -> list[str]:
         one = sum(v for n, v in k.items() if n.startswith("1x1"))
         reorder = sum(v for n, v in k.items() if n.startswith("Reorder"))
         convs = sum(v for n, v in r["nodes"].items() if n.endswith("Conv"))
-        out.append(f"| {r['arch']} | {r['model']} | {r['ms_total']:.2f} | {r['nodes'].get('com.microsoft.nchwc:Conv', 0)}/{convs} | "
+        out.append(f"| {r.get('grid', 'latency')} | {r['arch']} | {r['model']} | {r['ms_total']:.2f} | {r['nodes'].get('com.microsoft.nchwc:Conv', 0)}/{convs} | "
                    f"{nchwc:.2f} / {nchw:.2f} | {dw:.2f} | {one:.2f} | {reorder:.2f} |")
     return out + [""]
 
@@ -233,7 +235,7 @@ def _paired(cell, arch, setup, t, method, ref="chanprune"):
 
 def accuracy_section() -> list[str]:
     rows = load("accuracy")
-    runs = [r for r in rows if r.get("method") not in (None, "baseline") and r.get("setup")]
+    runs = [r for r in rows if r.get("method") not in (None, "baseline") and r.get("setup") and r.get("suite") != "latency"]
     if not runs:
         return []
     base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
@@ -305,6 +307,40 @@ def accuracy_section() -> list[str]:
     return out + [""]
 
 
+def latency_accuracy_section() -> list[str]:
+    runs = [r for r in load("accuracy") if r.get("suite") == "latency"]
+    if not runs:
+        return []
+    cell = {(r["arch"], r["setup"], r["latency_target"], r["seed"], r["method"]): r for r in runs}
+    out = ["### Accuracy at equal measured latency: EfficientNet-Lite0 from ImageNet (Fashion-MNIST, 64 px)", "",
+           ("`python benchmarks/accuracy.py --suite latency` (rows: `benchmarks/results/accuracy.jsonl`, `suite: "
+            "latency`). The baseline is the latency grid's: Lite0 with its ImageNet weights moved to Fashion-MNIST "
+            "at 64 px. Each method then trains the same epochs at 64 px after pruning with chanprune's recipe "
+            "(distillation from the baseline, one-cycle); its ONNX at 1x3x224x224 is timed at batch 1 against the "
+            "dense one (interleaved, 2 threads). cp-latency: `learn --budget latency --target t`; cp-flops-r16: "
+            "`learn --budget flops` at cp-latency's FLOPs, exported with `--round-to 16`; tp-r16+cp: Torch-Pruning "
+            "uniform `round_to=16`, its ratio bisected on measured latency to cp-latency's. Final accuracy: the "
+            f"exported slim model on the whole test split. Machine: {machines(runs)}."), "",
+           "| arch | latency target | method | measured latency (b1) | FLOPs | final test (mean ± sd) | "
+           "cp-latency minus this, paired by seed | train time | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for arch, setup, t in dict.fromkeys((r["arch"], r["setup"], r["latency_target"]) for r in runs):
+        for m in dict.fromkeys(r["method"] for r in runs):
+            rs = [r for r in runs if (r["arch"], r["setup"], r["latency_target"], r["method"]) == (arch, setup, t, m)]
+            if not rs:
+                continue
+            acc = [r["test_accuracy"] for r in rs]
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            diffs = _paired(cell, arch, setup, t, m, ref="cp-latency")
+            paired = "-" if m == "cp-latency" or not diffs else (
+                f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
+                + f" (wins {sum(d > 0 for d in diffs)}/{len(diffs)})")
+            out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
+                       f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
+                       f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | "
+                       f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} s | {len(rs)} |")
+    return out + [""]
+
+
 def _goals(arch, setup, t, means, b, cell) -> list[str]:
     """The issue's two goals for one (arch, target), stated from the rows."""
     if "chanprune" not in means or b is None:
@@ -354,22 +390,27 @@ def costs_section() -> list[str]:
 
 
 def guard_section() -> list[str]:
-    path = HERE / "baseline.json"
-    if not path.is_file():
+    plans = [(name, path) for name, path in (("flops", HERE / "baseline.json"), ("latency", HERE / "baseline_latency.json"))
+             if path.is_file()]
+    if not plans:
         return []
-    b = json.loads(path.read_text())
-    return ["### CI latency guard", "",
-            (f"`.ci/run` runs `python benchmarks/guard.py` after the tests: resnet18 at 224 with the committed learned plan "
-            f"`benchmarks/guard/{b['plan']}`, slim against dense ONNX, through `chanprune bench --vs ... --baseline "
-            f"benchmarks/baseline.json --max-regression {b['max_regression']}`. Baseline written by `{b['command']}` "
-            f"on {b['machine']}:"), "",
-            "| key | baseline speedup | repeated measurements |", "|---|---|---|"] + [
-            f"| {k} | {v:.2f}x | {', '.join(f'{s:.2f}' for s in b['measured'][k])} |" for k, v in b["speedups"].items()] + [
-            "", f"Allowed drop: {b['max_regression']:.0%} (twice the worst drop between repeated runs, at least 15%).", ""]
+    out = ["### CI latency guard", "",
+           ("`.ci/run` runs `python benchmarks/guard.py` after the tests: resnet18 at 224 with each committed learned "
+            "plan, slim against dense ONNX, through `chanprune bench --vs ... --baseline B --max-regression R`. "
+            "The flops plan was learned with a FLOPs target of 0.5 and exported with `--round-to 16`; the latency "
+            "plan with `--budget latency --target 0.5` (gates over blocks of 16)."), "",
+           "| plan | key | baseline speedup | repeated measurements | allowed drop | baseline file, written by |",
+           "|---|---|---|---|---|---|"]
+    for name, path in plans:
+        b = json.loads(path.read_text())
+        out += [f"| {name} (`benchmarks/guard/{b['plan']}`) | {k} | {v:.2f}x | "
+                f"{', '.join(f'{s:.2f}' for s in b['measured'][k])} | {b['max_regression']:.0%} | "
+                f"`benchmarks/{path.name}`, `{b['command']}` on {b['machine']} |" for k, v in b["speedups"].items()]
+    return out + ["", "Allowed drop: twice the worst drop between repeated runs, at least 15%.", ""]
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + costs_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + guard_section())
 
 
 def main():

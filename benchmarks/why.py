@@ -1,11 +1,12 @@
 """Where the time goes: onnxruntime's own profile of the dense and the slim models of one latency run.
 
 For each ONNX file of `benchmarks/latency.py`'s run folder (dense, chanprune, chanprune-r16,
-tp-uniform, tp-uniform-r16) this saves the graph onnxruntime actually runs (after its optimizations:
+tp-uniform, tp-uniform-r16), or with `--grid latency_budget` of `benchmarks/latency_budget.py`'s
+(dense, cp-latency, cp-latency-b1-r16, cp-flops-r16, tp-r16@flops, tp-r16@latency), this saves the graph onnxruntime actually runs (after its optimizations:
 batch norm folded into convs, activations fused, channels-blocked NCHWc convs where the channel
 counts allow) and profiles it: kernel time per op type, summed over the nodes and averaged over runs.
 
-    python benchmarks/why.py [--arch resnet18] [--target 0.5] [--batch 1] [--runs 30]
+    python benchmarks/why.py [--arch resnet18] [--target 0.5] [--batch 1] [--runs 30] [--grid latency|latency_budget]
 
 Rows go to benchmarks/results/why.jsonl (one per model, arch, target and batch).
 """
@@ -83,18 +84,26 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--round-to", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/latency"))
+    ap.add_argument("--grid", choices=["latency", "latency_budget"], default="latency",
+                    help="Whose run folder: benchmarks/latency.py's (FLOPs plans) or latency_budget.py's.")
+    ap.add_argument("--out", type=Path, default=None, help="The grid's run folder (default: runs/bench/GRID).")
     a = ap.parse_args()
     rows = Rows("why")
-    run = a.out / f"{a.arch}_t{a.target}"
+    out = a.out or Path("runs/bench") / a.grid
+    run = out / f"{a.arch}_t{a.target}"
     n = a.round_to
-    models = {"dense": a.out / f"{a.arch}_dense", "chanprune": run / "slim", f"chanprune-r{n}": run / f"slim_r{n}",
-              "tp-uniform": run / "tp_uniform", f"tp-uniform-r{n}": run / f"tp_uniform_r{n}"}
+    if a.grid == "latency":
+        models = {"dense": out / f"{a.arch}_dense", "chanprune": run / "slim", f"chanprune-r{n}": run / f"slim_r{n}",
+                  "tp-uniform": run / "tp_uniform", f"tp-uniform-r{n}": run / f"tp_uniform_r{n}"}
+    else:
+        models = {"dense": out / f"{a.arch}_dense", "cp-latency": run / "latency" / "slim",
+                  "cp-latency-b1-r16": run / "latency_b1" / "slim_r16", "cp-flops-r16": run / "flops" / "slim_r16",
+                  "tp-r16@flops": run / "tp_flops", "tp-r16@latency": run / "tp_latency"}
     for name, folder in models.items():
-        key = f"{a.arch}/t{a.target}/{name}/b{a.batch}"
+        key = f"{a.arch}/t{a.target}/{name}/b{a.batch}" + ("" if a.grid == "latency" else f"/{a.grid}")
         if key in rows or not (folder / "model.onnx").is_file():
             continue
-        r = rows.add({"key": key, "arch": a.arch, "target": a.target, "model": name, "batch": a.batch,
+        r = rows.add({"key": key, "grid": a.grid, "arch": a.arch, "target": a.target, "model": name, "batch": a.batch,
                       "runs": a.runs, **profile(folder / "model.onnx", a.batch, a.runs)})
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["ms_per_kind"].items())[:6])
         print(f"{name:<16} {r['ms_total']:.2f} ms/run in kernels: {top}; nodes {r['nodes']}", flush=True)
