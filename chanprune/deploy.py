@@ -15,6 +15,7 @@ import torch
 from .artifacts import atomic_write_text
 from .cost import LatencyCost, make_cost
 from .cut import cut
+from .errors import ChanpruneError
 from .export import (DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx,
                      simplify_onnx, within_tolerance)
 from .freeze import polarization, round_plan
@@ -83,6 +84,10 @@ def export_run(model_path: str | os.PathLike, *, out_dir: str | os.PathLike | No
     it learned against one, or `lut`) the report holds the predicted speedup per batch size."""
     model_path = resolve_checkpoint(model_path)
     gm = GatedModel.load(model_path, arch=arch, input_shape=input_shape)
+    if gm.gates.dependent and not dense:
+        raise ChanpruneError(f"{model_path}: its gates depend on the input, so no static slim model reproduces it. "
+                             "Its deployable form is the dynamic model (chanprune.dynamic.dynamic_model: torch, batch 1); "
+                             "export of that to ONNX is not built yet")
     if dense:
         plan = PrunePlan([GroupPlan(g.name, g.size, list(range(g.size))) for g in gm.graph.groups], gm.arch,
                          gm.input_shape, None, {"dense": True})

@@ -16,8 +16,8 @@ from torch import nn
 from ._registry import Registry
 from .graph import ChannelGraph
 
-__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "trainable_gate", "GateSet", "attach_gates", "register_gate",
-           "make_gate", "list_gates", "EVAL_MODES"]
+__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "trainable_gate", "GateSet", "attach_gates",
+           "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites", "EVAL_MODES"]
 
 EVAL_MODES = ("threshold", "stochastic")
 
@@ -74,6 +74,11 @@ def register_gate(kind: str):
 
 def list_gates() -> list[str]:
     return _GATES.names()
+
+
+def gate_kind(kind: str) -> type[Gate]:
+    """The class registered under `kind`."""
+    return _GATES.get(kind)
 
 
 def make_gate(kind: str, num_channels: int, **config) -> Gate:
@@ -203,6 +208,119 @@ class TrainableGate(Gate):
         return {"M": self.M, "shape": self.shape, "init": self.init}
 
 
+@register_gate("dependent")
+class DependentGate(Gate):
+    """A data-dependent gate (conditional computation, Herrmann et al. 2020, section 3.3): the keep
+    decision for each output channel of a layer is computed, per input, from that layer's input.
+
+    The gate network is the paper's: a global average pool over the image, a 1d convolution over
+    channels (kernel 1: a linear map) to `hidden` features, batch norm, ReLU, and a second 1d
+    convolution to two logits per channel. Sampling is the straight-through Gumbel-softmax of the
+    static gate. It starts nearly open: the last layer's weights are zero and its bias holds the
+    static gate's initial logits [0.1, 4], so every channel begins at p = 0.98 whatever the input.
+
+    It has no input-free decision: `probs()` is 1 for every channel (a static plan keeps them all;
+    the dynamic model decides per input) and `sample`/`mask` need the layer's input
+    (`sample_from`, `mask_from`). `GateSet` calls them from a pre-hook on the gated layer.
+    """
+
+    input_dependent = True
+
+    def __init__(self, num_channels: int, *, in_channels: int, hidden: int | None = None,
+                 init: tuple[float, float] = (0.1, 4.0), temperature: float = 1.0):
+        super().__init__()
+        if in_channels < 1 or num_channels < 1:
+            raise ValueError(f"a dependent gate needs channels in and out, got {in_channels} -> {num_channels}")
+        self.in_channels, self.temperature = int(in_channels), float(temperature)
+        self.hidden = int(hidden or max(16, in_channels // 4))
+        self.init = (float(init[0]), float(init[1]))
+        self.fc1 = nn.Linear(self.in_channels, self.hidden, bias=False)
+        self.bn = nn.BatchNorm1d(self.hidden)
+        self.fc2 = nn.Linear(self.hidden, 2 * num_channels)
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.copy_(torch.tensor(self.init).repeat(num_channels))
+
+    @property
+    def num_channels(self) -> int:
+        return self.fc2.out_features // 2
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, 2) logits from the layer input x (B, C_in, ...)."""
+        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
+        h = F.relu(self.bn(self.fc1(pooled)))
+        return self.fc2(h).view(x.shape[0], -1, 2)
+
+    def probs_from(self, x: torch.Tensor) -> torch.Tensor:
+        l = self.logits(x)
+        return torch.sigmoid(l[..., 1] - l[..., 0])
+
+    def sample_from(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gumbel_softmax(self.logits(x), tau=self.temperature, hard=True, dim=-1)[..., 1]
+
+    def mask_from(self, x: torch.Tensor, mode: str, *, tau: float = 0.5) -> torch.Tensor:
+        """(B, C) masks in inference mode `mode` (threshold at tau, or a stochastic draw)."""
+        if mode == "threshold":
+            return (self.probs_from(x) > tau).to(x.dtype)
+        if mode == "stochastic":
+            return self.sample_from(x)
+        raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
+
+    def probs(self) -> torch.Tensor:
+        return torch.ones(self.num_channels, device=self.fc2.bias.device)
+
+    def sample(self, batch: int) -> torch.Tensor:
+        return torch.ones(batch, self.num_channels, device=self.fc2.bias.device)
+
+    def config(self) -> dict:
+        return {"in_channels": self.in_channels, "hidden": self.hidden, "init": list(self.init),
+                "temperature": self.temperature}
+
+
+class _OpenGate(Gate):
+    """The gate of a group that a dependent gate set leaves static and open (a residual stream)."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.register_buffer("_ones", torch.ones(num_channels), persistent=False)
+
+    @property
+    def num_channels(self) -> int:
+        return self._ones.numel()
+
+    def probs(self) -> torch.Tensor:
+        return self._ones
+
+    def sample(self, batch: int) -> torch.Tensor:
+        return self._ones.unsqueeze(0).expand(batch, -1)
+
+
+def dependent_sites(model: nn.Module, graph: ChannelGraph) -> dict[str, int]:
+    """The groups a data-dependent gate can control, each with its gated layer's input channels.
+
+    Such a group is a plain chain inside a block: one producing conv (not grouped), batch norms,
+    and consuming convs or linears, nothing else (no residual add: the residual stream stays
+    static, as in the paper). The gate sits on the producer and reads the producer's input."""
+    mods = dict(model.named_modules())
+    out = {}
+    for g in graph.groups:
+        if g.partition:
+            continue
+        producers = [s for s in g.sites if s.role == "out"]
+        others = [s for s in g.sites if s.role != "out"]
+        if len(producers) != 1:
+            continue
+        p = mods.get(producers[0].module)
+        if not isinstance(p, nn.Conv2d) or p.groups != 1:
+            continue
+        ok = all((s.role == "chan" and isinstance(mods.get(s.module), nn.BatchNorm2d)) or
+                 (s.role == "in" and isinstance(mods.get(s.module), (nn.Conv2d, nn.Linear))
+                  and getattr(mods.get(s.module), "groups", 1) == 1) for s in others)
+        if ok and any(s.role == "in" for s in others):
+            out[g.name] = int(p.in_channels)
+    return out
+
+
 class BlockGate(Gate):
     """One gate per block of `block` channels: kept counts are multiples of the block by construction.
 
@@ -297,17 +415,28 @@ class GateSet(nn.Module):
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
 
+        settings.pop("dependent", None)
+        dependent = dict(self.config.get("dependent") or {})
+        if _GATES.get(kind).input_dependent and not dependent:
+            raise ValueError(f"gate kind {kind!r} depends on the input: config['dependent'] must name the groups "
+                             "it controls (dependent_sites)")
+
         def gate(g):
+            if _GATES.get(kind).input_dependent:
+                if g.name not in dependent:
+                    return _OpenGate(g.size)
+                return make_gate(kind, g.size, in_channels=dependent[g.name], **settings)
             if self.block > 1 and blockable(g):
                 return BlockGate(make_gate(kind, -(-g.size // self.block), **settings), g.size, self.block)
             return make_gate(kind, g.size, **settings)
 
         self.gates = nn.ModuleList(gate(g) for g in graph.groups)
-        unknown = set(self.config.get("essential", [])) - set(self.names)
+        unknown = (set(self.config.get("essential", [])) | set(dependent)) - set(self.names)
         if unknown:
-            raise ValueError(f"essential group {sorted(unknown)[0]!r} is not a group of this graph")
-        if any(g.input_dependent for g in self.gates):
-            raise NotImplementedError(f"gate kind {kind!r} depends on the input; GateSet does not run such gates yet")
+            raise ValueError(f"group {sorted(unknown)[0]!r} is not a group of this graph")
+        # per dependent gate: (group index, the module it gates: the group's producer)
+        self._dependent = [(i, next(s.module for s in g.sites if s.role == "out"))
+                           for i, (g, gate_) in enumerate(zip(graph.groups, self.gates)) if gate_.input_dependent]
         self.mode = mode
         self.tau = tau
         self._fixed: list[torch.Tensor] | None = None
@@ -335,6 +464,10 @@ class GateSet(nn.Module):
         self._handles.append(model.register_forward_pre_hook(self._begin))
         for name, entries in self._sites.items():
             self._handles.append(mods[name].register_forward_pre_hook(self._make_hook(entries)))
+        for gi, name in self._dependent:  # after the input masks: the gate reads the masked input
+            if name not in mods:
+                raise ValueError(f"model has no module {name!r}: gates belong to another architecture")
+            self._handles.append(mods[name].register_forward_pre_hook(self._make_dependent_hook(gi)))
         return self
 
     def detach_(self) -> "GateSet":
@@ -459,6 +592,33 @@ class GateSet(nn.Module):
             return (x * mask, *args[1:])
 
         return hook
+
+
+    def _make_dependent_hook(self, gi: int):
+        gate = self.gates[gi]
+
+        def hook(module, args):
+            if self._z is None or not args:
+                return None
+            x = args[0]
+            if gate.training != module.training:  # the gate network's batch norm follows the model's mode
+                gate.train(module.training)
+            if module.training:
+                z = gate.sample_from(x)
+            else:
+                with torch.no_grad():
+                    z = gate.mask_from(x, self.mode, tau=self.tau)
+            if self._fixed is not None:
+                z = z * self._fixed[gi].to(z.device, z.dtype)
+            self._z[gi] = z
+            return None
+
+        return hook
+
+    @property
+    def dependent(self) -> list[int]:
+        """The indices of the groups whose gates depend on the input."""
+        return [gi for gi, _ in self._dependent]
 
 
 def _device(gate: Gate) -> torch.device:

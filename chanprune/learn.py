@@ -87,15 +87,24 @@ class LearnConfig(TrainConfig):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: str = "cpu") -> dict:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean cross-entropy."""
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: str = "cpu", gates=None,
+             cost=None) -> dict:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy and mean cross-entropy.
+
+    With `gates` (attached to `model`) and a `cost`, also each input's executed cost under the masks
+    its forward pass used, as a fraction of the dense cost: "cost" holds the mean, the extremes and
+    a 10-bin histogram over [0, 1] (data-dependent gates differ per input; static ones do not)."""
     was = model.training
     model.eval()
     n = correct = correct5 = 0
     loss = 0.0
+    per_input = []
     for x, y in split.batches(batch_size):
         x, y = x.to(device), y.to(device)
         out = model(x)
+        if gates is not None and cost is not None:
+            r = torch.as_tensor(cost.ratio_of(gates.current()), dtype=torch.float64).detach().cpu().reshape(-1)
+            per_input.append(r.expand(x.shape[0]) if r.numel() == 1 else r)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         if out.shape[1] > 5:
@@ -105,6 +114,10 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: s
     res = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "count": n}
     if correct5:
         res["top5"] = correct5 / max(n, 1)
+    if per_input:
+        r = torch.cat(per_input)
+        res["cost"] = {"name": cost.name, "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
+                       "histogram": torch.histc(r.float().clamp(0, 1), bins=10, min=0, max=1).int().tolist()}
     return res
 
 
@@ -269,7 +282,9 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                     row["train_rate"] = sums["rate"] / n
                     row["lambda"] = objective.lam
                     row.update(gate_metrics(gates, cost, config))
-                row.update({f"val_{k}": v for k, v in evaluate(train_net, data_val, device=device).items()
+                per_input = learning and gates is not None and bool(gates.dependent)  # each input's own cost
+                row.update({f"val_{k}": v for k, v in evaluate(train_net, data_val, device=device,
+                                                               gates=gates if per_input else None, cost=cost).items()
                             if k != "count"})
                 loop.epoch += 1
                 loop.step = 0

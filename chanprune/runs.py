@@ -23,7 +23,7 @@ from .cost import list_costs, make_cost
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze, polarization, project_plan
-from .gates import GateSet, list_gates
+from .gates import GateSet, dependent_sites, gate_kind, list_gates
 from .graph import find_groups
 from .importance import group_norm
 from .measure.lut import LatencyTable, machine_mismatch
@@ -198,6 +198,14 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         raise ChanpruneError(f"--budget {config.budget!r}: unknown cost; choose one of {', '.join(list_costs())}")
     if config.gate not in list_gates():
         raise ChanpruneError(f"--gate {config.gate!r}: unknown gate kind; choose one of {', '.join(list_gates())}")
+    dependent = gate_kind(config.gate).input_dependent
+    if dependent:  # conditional computation learns for the whole budget, as the paper does
+        if config.finetune_epochs:
+            raise ChanpruneError(f"--gate {config.gate} learns its gates for the whole budget (--epochs): "
+                                 "drop --finetune-epochs")
+        if config.block not in (None, 1):
+            raise ChanpruneError(f"--gate {config.gate} decides per channel and per input: drop --block")
+        config = dataclasses.replace(config, finetune_epochs=0, block=1, project=False)
     if out is None:
         out = default_run_dir("learn", f"{arch}-t{config.target:g}", resume=resume)
     out = prepare_run_dir(out, resume=resume)
@@ -234,6 +242,11 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
     gate_config = (dict((ckpt.gate or {}).get("config") or {}) if ckpt is not None
                    else ({"block": block} if block > 1 else None))
+    if dependent and ckpt is None:
+        gate_config = {"dependent": dependent_sites(model, graph)}
+        if not gate_config["dependent"]:
+            raise ChanpruneError(f"--gate {config.gate}: {arch} has no channel group a data-dependent gate can control "
+                                 "(a conv, batch norms and the convs that consume it, inside a block)")
     gates = GateSet(graph, kind=config.gate, tau=config.tau, config=gate_config)
     if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
@@ -276,7 +289,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         learned = sum(r.get("steps", steps_per_epoch) for r in learn_history)
         frozen = {"reason": loop.stopped or "epochs", "steps": learned, "epochs": round(learned / steps_per_epoch, 3),
                   **gate_metrics(gates, cost, config)}
-        if progress:
+        if progress and not dependent:  # data-dependent gates have no static plan to freeze
             progress("frozen", frozen)
         ckpt = None
         plan = freeze(graph, gates.probs(), tau=config.tau, min_keep=config.min_keep, arch=arch, input_shape=shape,
@@ -318,12 +331,15 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     if config.calibrate_bn:
         calibrate_bn_(model, bundle.train, batches=config.calibrate_bn, device=device)
     val = evaluate(model, bundle.val, device=device)
-    test = evaluate(model, bundle.test or bundle.val, device=device)
+    test = evaluate(model, bundle.test or bundle.val, device=device, gates=gates if dependent else None, cost=cost)
     ratio = cost.ratio(plan)
     pol = polarization(gates.probs())
     result = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "cost": cost.name,
               "cost_ratio": ratio, "polarized": pol.polarized, "world_size": world, "ranks_agree": agree,
               "frozen": frozen}
+    if dependent:  # each input's own cost in the threshold mode; the static plan keeps every channel
+        result["executed_cost"] = test["cost"]
+        ratio = result["cost_ratio"] = test["cost"]["mean"]
     if rank == 0:
         final = GatedCheckpoint.load(out / "model.pt")
         dataclasses.replace(final, state_dict=model.state_dict(), gate_state=gates.state_dict(), plan=plan,
@@ -332,7 +348,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     return {"run": str(out), "model": str(out / "model.pt"), "cost": cost.name, "cost_ratio": ratio, "tau": config.tau,
             "polarized": pol.polarized, "polarization_warning": pol.warning, "kept_channels": plan.kept_channels,
             "gated_channels": plan.total_channels, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-            "frozen": frozen}
+            "frozen": frozen, **({"executed_cost": result["executed_cost"]} if dependent else {})}
 
 
 def _make_cost(config: LearnConfig, ckpt, arch: str, model: nn.Module, x: torch.Tensor, graph, shape, progress):

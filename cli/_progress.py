@@ -51,7 +51,9 @@ class Reporter:
             self.close()
             parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_acc']:.4f}",
                      f"val acc {row['val_accuracy']:.4f}"]
-            if "cost_ratio_at_tau" in row:
+            if "val_cost" in row:  # data-dependent gates: each input's own cost, averaged over validation
+                parts += [f"executed cost {row['val_cost']['mean']:.3f} (val mean)", f"lambda {row['lambda']:.1f}"]
+            elif "cost_ratio_at_tau" in row:
                 parts += [f"cost {row['cost_ratio_at_tau']:.3f} at tau", f"polarized {row['polarized']:.0%}",
                           f"lambda {row['lambda']:.1f}"]
             parts.append(f"{row['epoch_seconds']:.1f}s")

@@ -84,20 +84,30 @@ def export(model, onnx_flag, tau, round_to, lut, calibrate_bn, data, input_shape
 @click.option("--tau", type=click.FloatRange(0, 1), default=None,
               help="Freeze threshold for a gated model.pt (default: the plan the run deploys).")
 @click.option("--arch", default=None, help="Needed only for a model built from module:function.")
+@click.option("--mode", type=click.Choice(["threshold", "stochastic", "ensemble"]), default=None,
+              help="Inference mode of a gated model.pt (paper, section 3): threshold at tau (the plan it deploys), "
+                   "stochastic (each gate draws a sample per input), or ensemble (the mean of --samples stochastic "
+                   "runs). Reports each input's executed cost too. Default: threshold.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True, help="Runs of --mode ensemble.")
 @handle_errors
-def evaluate(model, data, batch_size, tau, arch, as_json):
+def evaluate(model, data, batch_size, tau, arch, mode, samples, as_json):
     """Accuracy of a gated model.pt (frozen under the plan it deploys), a slim.pt, a dense model.pt or a .onnx (onnxruntime).
 
     Writes the result beside MODEL as MODEL.eval.json.
     """
     from chanprune.evaluate import eval_model
 
-    r = eval_model(model, data=data, batch_size=batch_size, tau=tau, arch=arch)
+    r = eval_model(model, data=data, batch_size=batch_size, tau=tau, arch=arch, mode=mode, samples=samples)
     if as_json:
         emit_json(r)
     else:
         top5 = f", top-5 {r['top5']:.4f}" if "top5" in r else ""
-        click.echo(f"{model} ({r['kind']}): top-1 {r['accuracy']:.4f}{top5} on {r['count']} {r['split']} images")
+        how = f", mode {r['mode']}" + (f" x{r['samples']}" if r["mode"] == "ensemble" else "") if "mode" in r else ""
+        click.echo(f"{model} ({r['kind']}{how}): top-1 {r['accuracy']:.4f}{top5} on {r['count']} {r['split']} images")
+        if "cost" in r:
+            c = r["cost"]
+            click.echo(f"  executed {c['name']} per input: mean {c['mean']:.3f} of dense (from {c['min']:.3f} to "
+                       f"{c['max']:.3f}); histogram over [0, {r['samples']}]: {c['histogram']}")
 
 
 @click.command(cls=JsonCommand)

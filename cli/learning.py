@@ -106,7 +106,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                    "table's block with --budget latency (16 on AVX-512, 8 on AVX2), else 1.")
 @click.option("--gate", default="gumbel", show_default=True,
               help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020); "
-                   "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020).")
+                   "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020); "
+                   "dependent: data-dependent gates inside residual blocks, decided per input from the gated "
+                   "layer's input (conditional computation; learned for the whole budget, no static plan).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
@@ -172,8 +174,13 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         _finish(res, as_json, [f"{res['model']} is complete"])
         return
     what = {"flops": "FLOPs"}.get(res["cost"], res["cost"])
-    lines = [f"learned {arch} at target {target}: predicted {what} {res['cost_ratio']:.3f} of dense at tau {tau}, "
-             f"{res['kept_channels']}/{res['gated_channels']} channels kept, {res['polarized']:.0%} of gates polarized",
+    ex = res.get("executed_cost")
+    head = (f"learned {arch} at target {target}: predicted {what} {res['cost_ratio']:.3f} of dense at tau {tau}, "
+            f"{res['kept_channels']}/{res['gated_channels']} channels kept, {res['polarized']:.0%} of gates polarized"
+            if ex is None else
+            f"learned data-dependent gates for {arch} at target {target}: executed {what} {ex['mean']:.3f} of dense "
+            f"per test input on average (from {ex['min']:.3f} to {ex['max']:.3f}), threshold at tau {tau}")
+    lines = [head,
              f"val accuracy {res['val_accuracy']:.4f}, test accuracy {res['test_accuracy']:.4f}",
              f"wrote {res['model']}"]
     fr = res.get("frozen") or {}

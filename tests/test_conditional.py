@@ -1,0 +1,170 @@
+"""Data-dependent gates (conditional computation): the gate, the gate set, per-input cost, and the
+dynamic model that skips the channels the gates switch off, exact against the masked gated model."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from chanprune.cost import make_cost
+from chanprune.data import load_data
+from chanprune.dynamic import dynamic_model
+from chanprune.export import DEFAULT_ATOL, DEFAULT_RTOL, within_tolerance
+from chanprune.gates import DependentGate, GateSet, dependent_sites
+from chanprune.graph import find_groups
+from chanprune.zoo import build_model
+from chanprune_cli.main import main as cli
+
+
+def _gated(arch="resnet20", seed=0, spread=3.0):
+    """A resnet20 with dependent gates whose decisions vary from input to input."""
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    graph = find_groups(model, x)
+    cost = make_cost("flops", model, x, graph)
+    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(model, graph)}).attach_(model)
+    for gi in gates.dependent:
+        g = gates.gates[gi]
+        g.fc2.weight.data.normal_(0, spread)
+        g.fc2.bias.data.normal_(0, 1)
+    model.train()
+    with torch.no_grad():  # gate and model batch-norm statistics that are not the identity
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32))
+    return model.eval(), graph, gates, cost
+
+
+def _digits(n=24):
+    bundle = load_data("digits", seed=0)
+    split = bundle.test or bundle.val
+    split.channels, split.size = 3, 32
+    x, _ = next(iter(split.batches(n)))
+    return x
+
+
+def test_dependent_gate_starts_open_and_learns_from_its_input():
+    gate = DependentGate(8, in_channels=16)
+    x = torch.randn(4, 16, 5, 5)
+    p = gate.probs_from(x)
+    assert p.shape == (4, 8) and torch.allclose(p, torch.full_like(p, torch.sigmoid(torch.tensor(3.9)).item()))
+    assert torch.equal(gate.probs(), torch.ones(8))  # a static plan keeps every channel
+    z = gate.sample_from(x)
+    assert set(z.unique().tolist()) <= {0.0, 1.0}
+    z.sum().backward()
+    assert gate.fc2.weight.grad is not None and gate.fc2.weight.grad.abs().sum() > 0
+    assert float(gate.fc1.weight.grad.abs().sum()) == 0.0  # zero last-layer weights: fc1 learns once fc2 moves
+    with pytest.raises(ValueError, match="inference mode"):
+        gate.mask_from(x, "bogus")
+
+
+def test_dependent_sites_are_the_inner_groups_of_residual_blocks():
+    model = build_model("resnet20", num_classes=10)
+    graph = find_groups(model, torch.zeros(1, 3, 32, 32))
+    sites = dependent_sites(model, graph)
+    assert len(sites) == 9 and all(name.endswith(".conv1") for name in sites)  # one per basic block
+    streams = [g.name for g in graph.groups if g.name not in sites]
+    assert "conv1" in streams  # the residual stream stays static
+
+
+def test_per_input_masks_and_costs():
+    model, graph, gates, cost = _gated()
+    x = _digits(16)
+    with torch.no_grad():
+        model(x)
+    z = gates.current()
+    dep = [z[gi] for gi in gates.dependent]
+    assert all(m.shape == (16, graph.groups[gi].size) for m, gi in zip(dep, gates.dependent))
+    r = cost.ratio_of(z)
+    assert r.shape == (16,) and bool((r < 1).all())
+    assert len({round(float(v), 6) for v in r}) > 1, "the executed cost should differ between inputs"
+
+
+def test_dynamic_model_reproduces_the_gated_model_input_by_input():
+    model, graph, gates, _ = _gated()
+    # one gate switched off for every input: its block must cost nothing and still be exact
+    off = gates.dependent[4]
+    gates.gates[off].fc2.bias.data[1::2] = -50.0
+    x = _digits(24)
+    dyn = dynamic_model(model, graph, gates)
+    dyn.record = True
+    with torch.no_grad():
+        ref = model(x)
+        masks = [m.clone() for m in gates.current()]
+        out = dyn(x)
+    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    assert len(dyn.kept_history) == 24
+    for i, kept in enumerate(dyn.kept_history):
+        for gi, k in kept.items():
+            assert k == int(masks[gi][i].sum()), (i, graph.groups[gi].name)
+    assert all(kept[off] == 0 for kept in dyn.kept_history)
+    counts = {tuple(sorted(k.items())) for k in dyn.kept_history}
+    assert len(counts) > 1, "the kept channels should differ between inputs"
+
+
+def test_dynamic_model_needs_dependent_gates():
+    model = build_model("resnet20", num_classes=10)
+    graph = find_groups(model, torch.zeros(1, 3, 32, 32))
+    gates = GateSet(graph).attach_(model)
+    with pytest.raises(ValueError, match="no data-dependent gates"):
+        dynamic_model(model, graph, gates)
+
+
+@pytest.fixture(scope="module")
+def dep_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("conditional") / "dep"
+    r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
+                                 "0.5", "--epochs", "1", "--out", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    return run, json.loads(r.stdout)
+
+
+def test_learn_dependent_reports_each_inputs_cost(dep_run):
+    run, res = dep_run
+    ex = res["executed_cost"]
+    bundle = load_data("digits", seed=0)
+    assert 0 < ex["min"] <= ex["mean"] <= ex["max"] <= 1
+    assert sum(ex["histogram"]) == len(bundle.test or bundle.val)  # one entry per test input
+    assert torch.load(run / "model.pt", weights_only=True)["result"]["executed_cost"] == ex
+
+
+def test_export_refuses_a_dependent_run(dep_run, tmp_path):
+    run, _ = dep_run
+    r = CliRunner().invoke(cli, ["export", str(run / "model.pt"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "depend on the input" in r.output
+
+
+def test_eval_modes_report_accuracy_and_each_inputs_cost(dep_run):
+    run, res = dep_run
+
+    def ev(*args):
+        r = CliRunner().invoke(cli, ["eval", str(run / "model.pt"), "--data", "digits", "--json", *args])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    thr = ev()
+    assert thr["mode"] == "threshold" and thr["accuracy"] == pytest.approx(res["test_accuracy"])
+    assert thr["cost"]["mean"] == pytest.approx(res["executed_cost"]["mean"])
+    assert thr["skipped_per_group"]["conv1"] == 0.0  # the residual stream is static and open
+    sto = ev("--mode", "stochastic")
+    assert sto == ev("--mode", "stochastic")  # seeded: the same draws every time
+    ens = ev("--mode", "ensemble", "--samples", "3")
+    assert ens["samples"] == 3 and sum(ens["cost"]["histogram"]) == ens["count"]
+    assert ens["cost"]["mean"] == pytest.approx(3 * sto["cost"]["mean"], rel=0.1)  # three runs cost three times one
+
+
+def test_eval_mode_needs_a_gated_checkpoint(dep_run, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    r = CliRunner().invoke(cli, ["eval", str(onnx), "--data", "digits", "--mode", "stochastic"])
+    assert r.exit_code == 2 and "gated model.pt" in r.output, r.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--block", "16"], "drop --block"),
+    (["--finetune-epochs", "1"], "drop --finetune-epochs"),
+])
+def test_learn_dependent_bad_options(tmp_path, extra, message):
+    r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
+                                 "0.5", "--epochs", "1", "--out", str(tmp_path / "r"), *extra])
+    assert r.exit_code == 2 and message in r.output, r.output
