@@ -137,8 +137,14 @@ class _Layer:
             return nn.Linear(kin, kout, bias=True).eval()
         groups = kin if self.kind == "dw" else m.groups
         kout = kin if self.kind == "dw" else kout
-        return type(m)(kin, kout, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                       groups=groups, bias=True, padding_mode=m.padding_mode).eval()
+        # a copy resized, not type(m)(...): subclasses take other constructor arguments (EfficientNet-Lite's
+        # static "same" padding needs the image size) and keep their own forward (its Pad before the conv)
+        out = copy.copy(m)
+        out._parameters, out._buffers, out._modules = dict(m._parameters), dict(m._buffers), dict(m._modules)
+        out.in_channels, out.out_channels, out.groups = kin, kout, groups
+        out.weight = nn.Parameter(torch.randn(kout, kin // groups, *m.kernel_size) * 0.1)
+        out.bias = nn.Parameter(torch.zeros(kout))
+        return out.eval()
 
     def input_shape(self, kin: int, batch: int) -> list[int]:
         if isinstance(self.layer, nn.Linear):
