@@ -387,3 +387,25 @@ def test_default_out_names_arch_size_and_backend():
     from chanprune_cli.profile import default_out
 
     assert str(default_out("timm:resnet50", [1, 3, 224, 160], "ort-cpu")) == "profiles/timm_resnet50-224x160-ort-cpu.json"
+
+
+class _SamePadConv(nn.Conv2d):
+    """A conv whose constructor needs more than nn.Conv2d's (as EfficientNet-Lite's static-same-padding conv)."""
+
+    def __init__(self, cin, cout, k, *, image_size, stride=1, groups=1):
+        super().__init__(cin, cout, k, stride=stride, padding=0, groups=groups, bias=False)
+        pad = max((math.ceil(image_size / stride) - 1) * stride + k - image_size, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x):
+        return super().forward(self.static_padding(x))
+
+
+@pytest.mark.parametrize("kind, groups", [("conv", 1), ("dw", 32)])
+def test_layer_build_keeps_a_conv_subclass_and_its_forward(kind, groups):
+    m = _SamePadConv(32, 32, 3, image_size=15, stride=2, groups=groups)
+    lay = prof._Layer("c", kind, m, 32, 32, True, True, input_size=[15, 15])
+    one = lay.build(16, 16 if kind == "conv" else 16)
+    assert type(one) is _SamePadConv and one.weight.shape == (16, 16 // (16 if kind == "dw" else 1), 3, 3)
+    assert one(torch.zeros(lay.input_shape(16, 1))).shape == (1, 16, 8, 8)  # the padding came along
+    assert m.weight.shape[0] == 32 and m.in_channels == 32  # the model's layer is untouched
