@@ -125,6 +125,26 @@ def latency_budget_section() -> list[str]:
                 e = [r["efficiency"] for r in lat if r["arch"] == arch and r["method"] == m and r["batch"] == b]
                 cells.append(f"{statistics.fmean(e):.2f}" if e else "-")
         out.append(f"| {arch} | " + " | ".join(cells) + " |")
+    out += ["", ("At equal measured latency. Torch-Pruning's uniform ratio with `round_to=16` moves in coarse steps "
+                 "(resnet18's 64 channels have four multiples of 16), so no ratio lands on cp-latency's latency: "
+                 "`tp-r16@flops` and `tp-r16@latency` usually bracket it. Interpolating FLOPs linearly in the latency "
+                 "ratio between the two gives the FLOPs (and the efficiency) Torch-Pruning would have at exactly "
+                 "cp-latency's measured latency; '-' where the two do not bracket it."), "",
+            "| arch | target | batch | cp-latency latency ratio | its FLOPs | TP FLOPs at that latency (interp.) | "
+            "efficiency cp / TP |", "|---|---|---|---|---|---|---|"]
+    for arch in archs:
+        for t in sorted({r["target"] for r in lat if r["arch"] == arch}):
+            for b in (1, 32):
+                ours, lo, hi = (cell.get((arch, t, m, b)) for m in ("cp-latency", "tp-r16@flops", "tp-r16@latency"))
+                if not (ours and lo and hi):
+                    continue
+                r0, (r1, f1), (r2, f2) = 1 / ours["speedup"], (1 / lo["speedup"], lo["flops_ratio"]), (1 / hi["speedup"], hi["flops_ratio"])
+                if not min(r1, r2) <= r0 <= max(r1, r2) or r1 == r2:
+                    out.append(f"| {arch} | {t} | {b} | {r0:.3f} | {ours['flops_ratio']:.3f} | - | - |")
+                    continue
+                f = f1 + (r0 - r1) / (r2 - r1) * (f2 - f1)
+                out.append(f"| {arch} | {t} | {b} | {r0:.3f} | {ours['flops_ratio']:.3f} | {f:.3f} | "
+                           f"{ours['flops_ratio'] / r0:.2f} / {f / r0:.2f} |")
     out += ["", "Latency fidelity of cp-latency: the target, the table's prediction after learning (at tau) and after "
             "projection, and the measured ratio (mean of batch 1 and 32, interleaved):", "",
             "| arch | target | learned | projected | measured b1 | measured b32 | measured mean | off by | aligned |",
