@@ -1,14 +1,20 @@
-"""CI latency-regression guard: a learned, committed plan applied to resnet18 at 224x224, the slim
+"""CI latency-regression guard: learned, committed plans applied to resnet18 at 224x224, each slim
 ONNX timed against the dense ONNX with `chanprune bench --vs ... --baseline ... --max-regression R`.
 
-The plan in benchmarks/guard/ was learned by benchmarks/latency.py (resnet18, target 0.5,
---round-to 16); weights do not change latency, so both models are built here with random weights.
-benchmarks/baseline.json holds the speedups (ratios, not times: machines differ) and R, set from the
-spread of repeated measurements on the machine that wrote it.
+Two plans, each with its own baseline file:
+  flops    benchmarks/guard/resnet18_t0.5_r16.plan.json, learned by benchmarks/latency.py (FLOPs target
+           0.5, --round-to 16); baseline benchmarks/baseline.json
+  latency  benchmarks/guard/resnet18_lat0.5.plan.json, learned by benchmarks/latency_budget.py (--budget
+           latency, target 0.5 of the dense latency, gates over blocks of 16); baseline
+           benchmarks/baseline_latency.json
+Weights do not change latency, so the models are built here with random weights. A baseline holds
+the speedups (ratios, not times: machines differ) and R, set from the spread of repeated
+measurements on the machine that wrote it.
 
-    python benchmarks/guard.py                  # exit 1 when a speedup fell more than R below the baseline
+    python benchmarks/guard.py                  # exit 1 when a speedup fell more than R below its baseline
+    python benchmarks/guard.py --plan latency   # one plan
     python benchmarks/guard.py --unpruned       # the "slim" model is the dense one: must exit 1
-    python benchmarks/guard.py --write-baseline 5   # measure 5 times; write the medians and R
+    python benchmarks/guard.py --write-baseline 5   # measure 5 times; write each plan's medians and R
 """
 from __future__ import annotations
 
@@ -23,13 +29,13 @@ from pathlib import Path
 from _common import CLI, machine
 
 HERE = Path(__file__).resolve().parent
-PLAN = HERE / "guard" / "resnet18_t0.5_r16.plan.json"
-BASELINE = HERE / "baseline.json"
+PLANS = {"flops": (HERE / "guard" / "resnet18_t0.5_r16.plan.json", HERE / "baseline.json"),
+         "latency": (HERE / "guard" / "resnet18_lat0.5.plan.json", HERE / "baseline_latency.json")}
 SHAPE = [1, 3, 224, 224]
 ROUNDS = {1: 40, 32: 9}  # batch -> interleaved rounds: a batch of 1 takes ~15 ms, and needs many to settle
 
 
-def build(folder: Path, unpruned: bool) -> tuple[Path, Path]:
+def build(folder: Path, plan_path: Path, unpruned: bool) -> tuple[Path, Path]:
     """dense.onnx and slim.onnx (each with the export.json `bench` reads FLOPs from)."""
     import torch
 
@@ -41,7 +47,7 @@ def build(folder: Path, unpruned: bool) -> tuple[Path, Path]:
     from chanprune.zoo import build_model
 
     torch.manual_seed(0)
-    plan = PrunePlan.from_json(PLAN.read_text())
+    plan = PrunePlan.from_json(plan_path.read_text())
     dense = build_model(plan.arch, num_classes=10).eval()
     x = torch.zeros(SHAPE)
     graph = find_groups(dense, x)
@@ -73,47 +79,58 @@ def bench(dense: Path, slim: Path, batch: int, rounds: int, baseline: Path | Non
     return json.loads(r.stdout)
 
 
+def write_baseline(name: str, dense: Path, slim: Path, batches: list[int], rounds: dict[int, int], n: int):
+    plan_path, baseline = PLANS[name]
+    per_key = {}
+    for _ in range(n):
+        for b in batches:
+            for row in bench(dense, slim, b, rounds[b], None, None)["results"]:
+                per_key.setdefault(f"{row['backend']}/b{row['batch']}", []).append(row["speedup"])
+    medians = {k: sorted(v)[len(v) // 2] for k, v in per_key.items()}
+    worst = max(1 - min(v) / medians[k] for k, v in per_key.items())
+    # Twice the worst drop seen between repeated runs, at least 15%, in steps of 5%.
+    r_max = max(0.15, math.ceil(2 * worst * 20) / 20)
+    baseline.write_text(json.dumps({
+        "speedups": {k: round(v, 3) for k, v in medians.items()}, "max_regression": r_max,
+        "measured": {k: [round(s, 3) for s in v] for k, v in per_key.items()},
+        "plan": plan_path.name, "input_shape": SHAPE, "rounds": {f"b{b}": r for b, r in rounds.items()},
+        "machine": machine(), "command": f"python benchmarks/guard.py --plan {name} --write-baseline {n}"},
+        indent=1) + "\n")
+    print(f"wrote {baseline}: speedups {medians}, max regression {r_max:.0%}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", type=Path, default=BASELINE)
+    ap.add_argument("--plan", default=",".join(PLANS), help="Comma-separated, from %(default)s.")
     ap.add_argument("--batch-size", default=",".join(map(str, ROUNDS)), help="Comma-separated, from %(default)s.")
     ap.add_argument("--rounds", type=int, default=None, help="Interleaved rounds (default: 40 at batch 1, 9 at 32).")
     ap.add_argument("--unpruned", action="store_true", help="Bench the dense model as if it were the slim one.")
-    ap.add_argument("--write-baseline", type=int, default=0, metavar="N", help="Measure N times and write --baseline.")
+    ap.add_argument("--write-baseline", type=int, default=0, metavar="N", help="Measure N times and write the baselines.")
     a = ap.parse_args()
+    names = a.plan.split(",")
+    if unknown := [n for n in names if n not in PLANS]:
+        ap.error(f"--plan: unknown {', '.join(unknown)} (choose from {', '.join(PLANS)})")
     import torch
 
     torch.set_num_threads(2)
     batches = [int(b) for b in a.batch_size.split(",")]
     rounds = {b: a.rounds or ROUNDS.get(b, 9) for b in batches}
-    with tempfile.TemporaryDirectory() as tmp:
-        dense, slim = build(Path(tmp), a.unpruned)
-        if a.write_baseline:
-            per_key = {}
-            for _ in range(a.write_baseline):
-                for b in batches:
-                    for row in bench(dense, slim, b, rounds[b], None, None)["results"]:
-                        per_key.setdefault(f"{row['backend']}/b{row['batch']}", []).append(row["speedup"])
-            medians = {k: sorted(v)[len(v) // 2] for k, v in per_key.items()}
-            worst = max(1 - min(v) / medians[k] for k, v in per_key.items())
-            # Twice the worst drop seen between repeated runs, at least 15%, in steps of 5%.
-            r_max = max(0.15, math.ceil(2 * worst * 20) / 20)
-            a.baseline.write_text(json.dumps({
-                "speedups": {k: round(v, 3) for k, v in medians.items()}, "max_regression": r_max,
-                "measured": {k: [round(s, 3) for s in v] for k, v in per_key.items()},
-                "plan": PLAN.name, "input_shape": SHAPE, "rounds": {f"b{b}": r for b, r in rounds.items()},
-                "machine": machine(), "command": f"python benchmarks/guard.py --write-baseline {a.write_baseline}"},
-                indent=1) + "\n")
-            print(f"wrote {a.baseline}: speedups {medians}, max regression {r_max:.0%}")
-            return
-        base = json.loads(a.baseline.read_text())
-        results = [bench(dense, slim, b, rounds[b], a.baseline, base["max_regression"]) for b in batches]
-    failures = [f for r in results for f in r["regressions"]]
-    for r in results:
-        for row in r["results"]:
-            key = f"{row['backend']}/b{row['batch']}"
-            print(f"{key}: speedup {row['speedup']:.2f}x (baseline {base['speedups'].get(key, float('nan')):.2f}x, "
-                  f"allowed drop {base['max_regression']:.0%})")
+    failures = []
+    for name in names:
+        plan_path, baseline = PLANS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            dense, slim = build(Path(tmp), plan_path, a.unpruned)
+            if a.write_baseline:
+                write_baseline(name, dense, slim, batches, rounds, a.write_baseline)
+                continue
+            base = json.loads(baseline.read_text())
+            results = [bench(dense, slim, b, rounds[b], baseline, base["max_regression"]) for b in batches]
+        for r in results:
+            for row in r["results"]:
+                key = f"{row['backend']}/b{row['batch']}"
+                print(f"{name} plan, {key}: speedup {row['speedup']:.2f}x (baseline "
+                      f"{base['speedups'].get(key, float('nan')):.2f}x, allowed drop {base['max_regression']:.0%})")
+        failures += [f"{f} ({name} plan)" for r in results for f in r["regressions"]]
     for f in failures:
         print(f"REGRESSION {f}")
     sys.exit(1 if failures else 0)

@@ -59,8 +59,13 @@ def test_readme_tables_come_from_the_committed_rows(monkeypatch):
     assert block.strip() == text.strip(), "README is stale: run python benchmarks/report.py --readme"
 
 
-def test_guard_baseline_is_well_formed():
-    base = json.loads((BENCH / "baseline.json").read_text())
+@pytest.mark.parametrize("plan", ["flops", "latency"])
+def test_guard_baseline_is_well_formed(plan, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    plan_path, baseline = importlib.import_module("guard").PLANS[plan]
+    assert plan_path.is_file()
+    base = json.loads(baseline.read_text())
+    assert base["plan"] == plan_path.name
     assert set(base["speedups"]) == {"ort-cpu/b1", "ort-cpu/b32"}
     assert all(v > 1.2 for v in base["speedups"].values())
     assert 0.15 <= base["max_regression"] < 0.5
