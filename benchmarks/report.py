@@ -409,6 +409,27 @@ def costs_section() -> list[str]:
     return out + [""]
 
 
+def conditional_section() -> list[str]:
+    rows = load("conditional")
+    if not rows:
+        return []
+    out = ["### Conditional computation: does skipping reach the wall clock? (torch CPU, batch 1)", "",
+           ("`python benchmarks/conditional.py --arch A --size S --keep 0.5` (rows: `benchmarks/results/conditional.jsonl`). "
+            "The mechanism only, not a trained model: random weights, data-dependent gates that keep about half of "
+            "each inner residual group. masked: the gated network as public implementations run it (everything "
+            "computed, then multiplied by the masks); dynamic: `chanprune.dynamic` (only the kept filters and inputs "
+            "run; exact against the masked model); static: a static slim model with the same kept counts. "
+            "Measured / predicted: the measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). "
+            f"Machine: {machines(rows)}."), "",
+           "| arch | input | executed FLOPs | dense ms | masked | dynamic | static | dynamic: measured / predicted |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['arch']} | {r['size']}x{r['size']} | {r['executed_flops_ratio']:.3f} | {r['ms']['dense']:.2f} | "
+                   f"{r['speedup_masked']:.2f}x | {r['speedup_dynamic']:.2f}x | {r['speedup_static']:.2f}x | "
+                   f"{r['measured_over_predicted_dynamic']:.2f} |")
+    return out + [""]
+
+
 def guard_section() -> list[str]:
     plans = [(name, path) for name, path in (("flops", HERE / "baseline.json"), ("latency", HERE / "baseline_latency.json"))
              if path.is_file()]
@@ -430,7 +451,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + guard_section())
 
 
 def main():
