@@ -86,6 +86,25 @@ def make_report(run: str | os.PathLike) -> dict:
         files["curves"] = _save(fig, run / "curves.png")
         plt.close(fig)
     exports, evals, benches = _jsons(run, "export.json"), _jsons(run, ".eval.json"), _jsons(run, ".bench.json")
+    skipped = next((ev for ev in evals if ev.get("skipped_per_group") and ev.get("cost")), None)
+    if skipped:  # an eval in an inference mode: the work each group skipped, and each input's executed cost
+        share, cost = skipped["skipped_per_group"], skipped["cost"]
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(8, 0.35 * len(share) + 4), 3.5),
+                                      gridspec_kw={"width_ratios": [max(2, len(share) // 4), 1]})
+        ax.bar(range(len(share)), list(share.values()), color="#3b75af")
+        ax.set_xticks(list(range(len(share))), list(share), rotation=90, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of channels switched off")
+        ax.set_title(f"work skipped per group ({skipped['mode']}, {skipped['count']} {skipped['split']} inputs)")
+        runs = skipped.get("samples", 1)
+        width = runs / len(cost["histogram"])
+        ax2.bar([width * (i + 0.5) for i in range(len(cost["histogram"]))], cost["histogram"], width=0.9 * width,
+                color="#3b75af")
+        ax2.set_xlabel(f"executed {_cost_label(cost['name'])} per input (of dense)")
+        ax2.set_ylabel("inputs")
+        ax2.set_title(f"mean {cost['mean']:.3f}")
+        files["skipped"] = _save(fig, run / "skipped.png")
+        plt.close(fig)
 
     def where(path: str) -> str:  # a model by its path in the run: model.onnx and round4/model.onnx differ
         p = Path(path)
@@ -107,7 +126,12 @@ def make_report(run: str | os.PathLike) -> dict:
                   f"| {kind} parity | slim vs gated {e['slim_vs_gated']:.1e}"
                   + (f", ORT vs slim {e['onnx_vs_slim']:.1e} |" if e.get("onnx_vs_slim") is not None else " |")]
     for ev in evals:
-        lines.append(f"| accuracy of {where(ev['model'])} ({ev['kind']}, {ev['split']}) | {ev['accuracy']:.4f} |")
+        mode = f", {ev['mode']}" if ev.get("mode") else ""
+        lines.append(f"| accuracy of {where(ev['model'])} ({ev['kind']}{mode}, {ev['split']}) | {ev['accuracy']:.4f} |")
+        if ev.get("cost"):
+            c = ev["cost"]
+            lines.append(f"| executed {_cost_label(c['name'])} per input ({ev.get('mode')}) | mean {c['mean']:.4f} "
+                         f"(from {c['min']:.4f} to {c['max']:.4f}) |")
     for b in benches:
         for r in b.get("results", []):
             sp = f", speedup {r['speedup']:.2f}x vs {where(b['vs'])}" if "speedup" in r else ""

@@ -168,3 +168,14 @@ def test_learn_dependent_bad_options(tmp_path, extra, message):
     r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
                                  "0.5", "--epochs", "1", "--out", str(tmp_path / "r"), *extra])
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_report_plots_the_work_skipped_per_group(dep_run):
+    run, _ = dep_run
+    assert CliRunner().invoke(cli, ["eval", str(run / "model.pt"), "--data", "digits"]).exit_code == 0
+    r = CliRunner().invoke(cli, ["report", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    files = json.loads(r.stdout)["files"]
+    assert (run / "skipped.png").is_file() and files["skipped"].endswith("skipped.png")
+    summary = (run / "summary.md").read_text()
+    assert "executed FLOPs per input (threshold)" in summary and "skipped.png" in summary
