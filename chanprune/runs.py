@@ -230,6 +230,13 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     distill = (Distill(copy.deepcopy(model).to(device), temperature=config.distill_temperature,
                        weight=config.distill_weight) if config.distill else None)
     x = torch.zeros(shape)
+    slow_bn = [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.momentum is not None and m.momentum < 0.05]
+    if slow_bn and not config.calibrate_bn and progress:
+        progress("warning", {"message": (
+            f"{arch}'s batch norms update their statistics with momentum {min(slow_bn):g}: after pruning and a short "
+            "budget they still describe the unpruned network, and eval-mode accuracy can collapse. Pass --calibrate-bn K "
+            "(or export --calibrate-bn K --data D) to re-estimate them")})
     graph = find_groups(model, x, ignored=ignore)
     if not graph.groups:
         raise ChanpruneError(f"{arch} has no channel group that can be gated exactly: " +

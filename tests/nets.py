@@ -280,3 +280,12 @@ def hidden_mix(num_classes=5):
 
 def not_a_model(num_classes=5):
     return "this is not a module"
+
+
+def slow_bn_chain(num_classes=5):
+    """`chain` with TensorFlow-style batch norms (momentum 0.01, as EfficientNet-Lite's)."""
+    m = Chain(num_classes=num_classes)
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.momentum = 0.01
+    return m

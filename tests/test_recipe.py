@@ -269,3 +269,18 @@ def test_readiness_waits_for_a_window_on_target_and_resets_when_off():
     gates.p = [torch.tensor([0.5, 0.5, 0.6, 0.4])]  # not polarized: never ready, until the deadline
     ready = _Readiness(gates, cost, LearnConfig(target=0.5, ready_window=20, max_learn_share=0.1), budget=1000)
     assert all(ready(s) is None for s in range(5, 100, 5)) and ready(100) == "deadline"
+
+
+def test_learn_warns_about_slow_batch_norms(tmp_path):
+    from chanprune import runs
+    from chanprune.learn import LearnConfig
+
+    seen = []
+    progress = lambda kind, row: seen.append((kind, row))  # noqa: E731
+    cfg = LearnConfig(target=0.5, epochs=1, finetune_epochs=0)
+    runs.learn_run(arch="tests.nets:slow_bn_chain", data="digits", out=tmp_path / "slow", config=cfg, progress=progress)
+    warnings = [row["message"] for kind, row in seen if kind == "warning"]
+    assert any("momentum 0.01" in w and "--calibrate-bn" in w for w in warnings), warnings
+    seen.clear()
+    runs.learn_run(arch="tests.nets:chain", data="digits", out=tmp_path / "plain", config=cfg, progress=progress)
+    assert not [row for kind, row in seen if kind == "warning" and "momentum" in row["message"]]
