@@ -279,6 +279,9 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         dense_onnx.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
     tag = f"{setup_tag(a.limit, a.epochs)}-bn{BN_BATCHES}"
+    if f"{arch}/latency-baseline" not in rows:
+        rows.add({"key": f"{arch}/latency-baseline", "suite": "latency", "arch": arch, "method": "baseline",
+                  "baseline": str(base), "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
     deploy = ",".join(map(str, lb.DEPLOY))
     shape1 = [1, *lb.DEPLOY[1:]]
 
