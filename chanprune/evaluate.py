@@ -9,6 +9,7 @@ import torch
 
 from .artifacts import atomic_write_text
 from .data import load_data
+from .learn import cost_summary, input_costs
 from .learn import evaluate as evaluate_torch
 from .load import load_any, resolve_checkpoint
 
@@ -102,8 +103,7 @@ def eval_gated(path: str | os.PathLike, *, data: str, batch_size: int = 256, tau
         for _ in range(runs):
             prob = prob + torch.softmax(model(x), 1)
             z = gates.current()
-            r = torch.as_tensor(cost.ratio_of(z), dtype=torch.float64).reshape(-1)
-            spent += r.expand(x.shape[0]) if r.numel() == 1 else r
+            spent += input_costs(cost, z, x.shape[0])
             for i, m in enumerate(z):
                 off[i] += (1 - m.double()).expand(x.shape[0], -1).sum(0)
         correct += int((prob.argmax(1) == y).sum())
@@ -112,6 +112,5 @@ def eval_gated(path: str | os.PathLike, *, data: str, batch_size: int = 256, tau
     r = torch.cat(per_input)
     return {"model": str(path), "kind": "gated", "mode": mode, "samples": runs, "data": data, "split": name,
             "accuracy": correct / max(n, 1), "count": n,
-            "cost": {"name": cost.name, "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
-                     "histogram": torch.histc(r.float().clamp(0, runs), bins=10, min=0, max=runs).int().tolist()},
+            "cost": cost_summary(cost.name, r, top=runs),
             "skipped_per_group": {g.name: float(o.sum() / (n * runs * g.size)) for g, o in zip(gm.graph.groups, off)}}

@@ -86,6 +86,18 @@ class LearnConfig(TrainConfig):
     block: int | None = None
 
 
+def input_costs(cost, masks, batch: int) -> torch.Tensor:
+    """Each of `batch` inputs' cost ratio under `masks` (static masks: the same for all), float64 on the CPU."""
+    r = torch.as_tensor(cost.ratio_of(masks), dtype=torch.float64).detach().cpu().reshape(-1)
+    return r.expand(batch) if r.numel() == 1 else r
+
+
+def cost_summary(name: str, r: torch.Tensor, top: float = 1.0) -> dict:
+    """Mean, extremes and a 10-bin histogram over [0, top] of per-input cost ratios."""
+    return {"name": name, "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
+            "histogram": torch.histc(r.float().clamp(0, top), bins=10, min=0, max=top).int().tolist()}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: str = "cpu", gates=None,
              cost=None) -> dict:
@@ -103,8 +115,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: s
         x, y = x.to(device), y.to(device)
         out = model(x)
         if gates is not None and cost is not None:
-            r = torch.as_tensor(cost.ratio_of(gates.current()), dtype=torch.float64).detach().cpu().reshape(-1)
-            per_input.append(r.expand(x.shape[0]) if r.numel() == 1 else r)
+            per_input.append(input_costs(cost, gates.current(), x.shape[0]))
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         if out.shape[1] > 5:
@@ -115,9 +126,7 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256, device: s
     if correct5:
         res["top5"] = correct5 / max(n, 1)
     if per_input:
-        r = torch.cat(per_input)
-        res["cost"] = {"name": cost.name, "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max()),
-                       "histogram": torch.histc(r.float().clamp(0, 1), bins=10, min=0, max=1).int().tolist()}
+        res["cost"] = cost_summary(cost.name, torch.cat(per_input))
     return res
 
 
