@@ -96,7 +96,8 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
 
 
 def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float, *, tolerance: float = 0.02,
-                 min_keep: int = 0, units: list[list[list[int]] | None] | None = None) -> PrunePlan:
+                 min_keep: int = 0, units: list[list[list[int]] | None] | None = None,
+                 whole: frozenset[str] = frozenset()) -> PrunePlan:
     """Move a frozen plan's predicted cost onto `target` when it is further than `tolerance` away.
 
     Above: drop kept channels, the least probable first (over all groups), as few as bring the cost
@@ -105,7 +106,8 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     or revived by this, keeps at least
     `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. With
     `units` (per group, the channel blocks that move together, `GateSet.units()`), whole blocks move:
-    an aligned plan stays aligned. The plan's meta records both ratios (`projected`).
+    an aligned plan stays aligned. The groups named in `whole` (layer granularity: residual branches,
+    one gate each) move whole: they may be emptied or revived. The plan's meta records both ratios (`projected`).
     """
     r0 = cost.ratio(plan)
     if abs(r0 - target) <= tolerance:
@@ -114,14 +116,17 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     cands = []  # (p, group index, first channel, channels)
     for gi, gp in enumerate(plan.groups):
         g = graph.group(gp.name)
-        if g.partition or not gp.keep or gp.probs is None:
-            continue
-        kept = set(gp.keep)
         blocks = (units[gi] if units is not None and units[gi] is not None else [[c] for c in range(gp.size)])
         blocks = [b for b in blocks if b]
+        one = gp.name in whole
+        if one:
+            blocks = [list(range(gp.size))]
+        if g.partition or (not gp.keep and not one) or gp.probs is None:
+            continue
+        kept = set(gp.keep)
         pool = [b for b in blocks if (set(b) <= kept if above else not set(b) & kept)]
         if above:
-            floor = max(1, min_keep)
+            floor = 0 if one else max(1, min_keep)
             ranked = sorted(pool, key=lambda b: (max(gp.probs[c] for c in b), b[0]))
             left, take = len(kept), []
             for b in ranked:

@@ -17,9 +17,12 @@ from ._registry import Registry
 from .graph import ChannelGraph
 
 __all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "trainable_gate", "GateSet", "attach_gates",
-           "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites", "EVAL_MODES"]
+           "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites", "EVAL_MODES", "GRANULARITIES"]
 
 EVAL_MODES = ("threshold", "stochastic")
+# channel: a decision per channel; layer: one per gated group, for the inner group of a residual
+# block the whole branch (AIG's granularity, Veit and Belongie 2018; the paper's Table 4)
+GRANULARITIES = ("channel", "layer")
 
 
 class Gate(nn.Module):
@@ -227,36 +230,45 @@ class DependentGate(Gate):
     input_dependent = True
 
     def __init__(self, num_channels: int, *, in_channels: int, hidden: int | None = None,
-                 init: tuple[float, float] = (0.1, 4.0), temperature: float = 1.0):
+                 init: tuple[float, float] = (0.1, 4.0), temperature: float = 1.0, granularity: str = "channel"):
         super().__init__()
         if in_channels < 1 or num_channels < 1:
             raise ValueError(f"a dependent gate needs channels in and out, got {in_channels} -> {num_channels}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
         self.in_channels, self.temperature = int(in_channels), float(temperature)
+        self.granularity = granularity
         self.hidden = int(hidden or max(16, in_channels // 4))
         self.init = (float(init[0]), float(init[1]))
+        self.register_buffer("_size", torch.tensor(int(num_channels)), persistent=False)
+        units = num_channels if granularity == "channel" else 1
         self.fc1 = nn.Linear(self.in_channels, self.hidden, bias=False)
         self.bn = nn.BatchNorm1d(self.hidden)
-        self.fc2 = nn.Linear(self.hidden, 2 * num_channels)
+        self.fc2 = nn.Linear(self.hidden, 2 * units)
         with torch.no_grad():
             self.fc2.weight.zero_()
-            self.fc2.bias.copy_(torch.tensor(self.init).repeat(num_channels))
+            self.fc2.bias.copy_(torch.tensor(self.init).repeat(units))
 
     @property
     def num_channels(self) -> int:
-        return self.fc2.out_features // 2
+        return int(self._size)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, 2) logits from the layer input x (B, C_in, ...)."""
+        """(B, U, 2) logits from the layer input x (B, C_in, ...): U is the channel count, or 1 for
+        layer granularity (one decision for the whole group: a residual block's branch)."""
         pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
         h = F.relu(self.bn(self.fc1(pooled)))
         return self.fc2(h).view(x.shape[0], -1, 2)
 
+    def _channels(self, z: torch.Tensor) -> torch.Tensor:
+        return z if z.shape[1] == self.num_channels else z.expand(-1, self.num_channels)
+
     def probs_from(self, x: torch.Tensor) -> torch.Tensor:
         l = self.logits(x)
-        return torch.sigmoid(l[..., 1] - l[..., 0])
+        return self._channels(torch.sigmoid(l[..., 1] - l[..., 0]))
 
     def sample_from(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gumbel_softmax(self.logits(x), tau=self.temperature, hard=True, dim=-1)[..., 1]
+        return self._channels(F.gumbel_softmax(self.logits(x), tau=self.temperature, hard=True, dim=-1)[..., 1])
 
     def mask_from(self, x: torch.Tensor, mode: str, *, tau: float = 0.5) -> torch.Tensor:
         """(B, C) masks in inference mode `mode` (threshold at tau, or a stochastic draw)."""
@@ -274,7 +286,7 @@ class DependentGate(Gate):
 
     def config(self) -> dict:
         return {"in_channels": self.in_channels, "hidden": self.hidden, "init": list(self.init),
-                "temperature": self.temperature}
+                "temperature": self.temperature, "granularity": self.granularity}
 
 
 class _OpenGate(Gate):
@@ -410,28 +422,39 @@ class GateSet(nn.Module):
         self.graph = graph
         self.names = [g.name for g in graph.groups]
         self.kind, self.config = kind, dict(config or {})
-        settings = {k: v for k, v in self.config.items() if k not in ("block", "essential")}
+        settings = {k: v for k, v in self.config.items()
+                    if k not in ("block", "essential", "dependent", "granularity", "layers")}
         self.block = int(self.config.get("block", 1))
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
+        self.granularity = self.config.get("granularity", "channel")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {GRANULARITIES}")
 
-        settings.pop("dependent", None)
         dependent = dict(self.config.get("dependent") or {})
         if _GATES.get(kind).input_dependent and not dependent:
             raise ValueError(f"gate kind {kind!r} depends on the input: config['dependent'] must name the groups "
                              "it controls (dependent_sites)")
+        # static gates at layer granularity: one gate over each of these groups, the others open
+        layers = set(self.config.get("layers") or [])
+        if self.granularity == "layer" and not _GATES.get(kind).input_dependent and not layers:
+            raise ValueError("static gates at layer granularity: config['layers'] must name the groups they "
+                             "gate whole (dependent_sites)")
 
         def gate(g):
             if _GATES.get(kind).input_dependent:
                 if g.name not in dependent:
                     return _OpenGate(g.size)
-                return make_gate(kind, g.size, in_channels=dependent[g.name], **settings)
+                return make_gate(kind, g.size, in_channels=dependent[g.name], granularity=self.granularity,
+                                 **settings)
+            if self.granularity == "layer":
+                return BlockGate(make_gate(kind, 1, **settings), g.size, g.size) if g.name in layers else _OpenGate(g.size)
             if self.block > 1 and blockable(g):
                 return BlockGate(make_gate(kind, -(-g.size // self.block), **settings), g.size, self.block)
             return make_gate(kind, g.size, **settings)
 
         self.gates = nn.ModuleList(gate(g) for g in graph.groups)
-        unknown = (set(self.config.get("essential", [])) | set(dependent)) - set(self.names)
+        unknown = (set(self.config.get("essential", [])) | set(dependent) | layers) - set(self.names)
         if unknown:
             raise ValueError(f"group {sorted(unknown)[0]!r} is not a group of this graph")
         # per dependent gate: (group index, the module it gates: the group's producer)

@@ -84,6 +84,9 @@ class LearnConfig(TrainConfig):
     # Gate blocks of this many channels (kept counts aligned by construction); None: auto, the
     # latency table's block with budget "latency", else 1 (every channel its own gate).
     block: int | None = None
+    # channel: a gate per channel (or block); layer: one gate per inner group of a residual block, the
+    # whole branch (with --gate dependent, AIG's granularity; with static gates, block removal)
+    granularity: str = "channel"
 
 
 def input_costs(cost, masks, batch: int) -> torch.Tensor:

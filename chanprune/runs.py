@@ -23,7 +23,7 @@ from .cost import list_costs, make_cost
 from .data import load_data
 from .errors import ArtifactError, ChanpruneError
 from .freeze import freeze, polarization, project_plan
-from .gates import GateSet, dependent_sites, gate_kind, list_gates
+from .gates import GRANULARITIES, GateSet, dependent_sites, gate_kind, list_gates
 from .graph import find_groups
 from .importance import group_norm
 from .measure.lut import LatencyTable, machine_mismatch
@@ -199,6 +199,15 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     if config.gate not in list_gates():
         raise ChanpruneError(f"--gate {config.gate!r}: unknown gate kind; choose one of {', '.join(list_gates())}")
     dependent = gate_kind(config.gate).input_dependent
+    if config.granularity not in GRANULARITIES:
+        raise ChanpruneError(f"--granularity {config.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+    if config.granularity == "layer":
+        if config.block not in (None, 1):
+            raise ChanpruneError("--granularity layer gates whole residual branches: drop --block")
+        if config.gate_init == "norm":
+            raise ChanpruneError("--granularity layer has one gate per branch: --gate-init norm grades channels, "
+                                 "drop it")
+        config = dataclasses.replace(config, block=1)
     if dependent:  # conditional computation learns for the whole budget, as the paper does
         if config.finetune_epochs:
             raise ChanpruneError(f"--gate {config.gate} learns its gates for the whole budget (--epochs): "
@@ -249,11 +258,15 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
                              f"cost {floor:.3f} of the dense {config.budget} (ungate fewer layers or raise the target)")
     gate_config = (dict((ckpt.gate or {}).get("config") or {}) if ckpt is not None
                    else ({"block": block} if block > 1 else None))
-    if dependent and ckpt is None:
-        gate_config = {"dependent": dependent_sites(model, graph)}
-        if not gate_config["dependent"]:
-            raise ChanpruneError(f"--gate {config.gate}: {arch} has no channel group a data-dependent gate can control "
+    if (dependent or config.granularity == "layer") and ckpt is None:
+        sites = dependent_sites(model, graph)
+        if not sites:
+            what = f"--gate {config.gate}" if dependent else "--granularity layer"
+            raise ChanpruneError(f"{what}: {arch} has no channel group a data-dependent or layer gate can control "
                                  "(a conv, batch norms and the convs that consume it, inside a block)")
+        gate_config = ({"dependent": sites} if dependent else {"layers": sorted(sites)})
+        if config.granularity == "layer":
+            gate_config["granularity"] = "layer"
     gates = GateSet(graph, kind=config.gate, tau=config.tau, config=gate_config)
     if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
@@ -306,7 +319,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         if config.project:
             tol = config.ready_tolerance if config.project_tolerance is None else config.project_tolerance
             plan = project_plan(plan, graph, cost, config.target, tolerance=tol, min_keep=config.min_keep,
-                                units=gates.units())
+                                units=gates.units(), whole=frozenset(gates.config.get("layers") or ()))
             if "projected" in plan.meta:
                 frozen["projected"] = plan.meta["projected"]
     else:

@@ -109,6 +109,10 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                    "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020); "
                    "dependent: data-dependent gates inside residual blocks, decided per input from the gated "
                    "layer's input (conditional computation; learned for the whole budget, no static plan).")
+@click.option("--granularity", type=click.Choice(["channel", "layer"]), default="channel", show_default=True,
+              help="What one gate decides. channel: each channel (or --block). layer: the whole inner group of each "
+                   "residual block, so the block's branch runs or not (with --gate dependent: per input, AIG-style; "
+                   "with static gates: whole blocks removed).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
@@ -146,7 +150,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, lut, block, gate, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
+          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, lam, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
           project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -161,7 +165,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         raise BadInput(f"--block {block!r}: give auto or a positive integer")
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
     cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, lam=lam, seed=seed, target=target,
-                      budget=budget, gate=gate, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
+                      budget=budget, gate=gate, granularity=granularity, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,
                       project_tolerance=project_tolerance, gate_init=gate_init,

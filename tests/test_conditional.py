@@ -16,14 +16,15 @@ from chanprune.zoo import build_model
 from chanprune_cli.main import main as cli
 
 
-def _gated(arch="resnet20", seed=0, spread=3.0):
+def _gated(arch="resnet20", seed=0, spread=3.0, granularity="channel"):
     """A resnet20 with dependent gates whose decisions vary from input to input."""
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=10)
     x = torch.zeros(1, 3, 32, 32)
     graph = find_groups(model, x)
     cost = make_cost("flops", model, x, graph)
-    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(model, graph)}).attach_(model)
+    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(model, graph),
+                                                     "granularity": granularity}).attach_(model)
     for gi in gates.dependent:
         g = gates.gates[gi]
         g.fc2.weight.data.normal_(0, spread)
@@ -102,6 +103,43 @@ def test_dynamic_model_reproduces_the_gated_model_input_by_input():
     assert len(counts) > 1, "the kept channels should differ between inputs"
 
 
+def test_layer_granularity_decides_whole_branches_per_input():
+    gate = DependentGate(8, in_channels=16, granularity="layer")
+    assert gate.fc2.out_features == 2 and gate.probs_from(torch.randn(3, 16, 4, 4)).shape == (3, 8)
+    with pytest.raises(ValueError, match="granularity"):
+        DependentGate(8, in_channels=16, granularity="block")
+    model, graph, gates, _ = _gated(granularity="layer", spread=6.0)
+    x = _digits(24)
+    dyn = dynamic_model(model, graph, gates)
+    dyn.record = True
+    with torch.no_grad():
+        ref = model(x)
+        masks = [m.clone() for m in gates.current()]
+        out = dyn(x)
+    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    for gi in gates.dependent:  # all or nothing, per input
+        rows = masks[gi].sum(1)
+        assert bool(((rows == 0) | (rows == graph.groups[gi].size)).all())
+    ran = {k for kept in dyn.kept_history for k in kept.items()}
+    assert any(k == 0 for _, k in ran) and any(k > 0 for _, k in ran), "some branches should run, others not"
+
+
+def test_static_layer_granularity_gates_whole_inner_groups():
+    model = build_model("resnet20", num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    graph = find_groups(model, x)
+    sites = sorted(dependent_sites(model, graph))
+    gates = GateSet(graph, config={"granularity": "layer", "layers": sites})
+    for gi, g in enumerate(graph.groups):
+        assert gates.gates[gi].num_channels == g.size
+        if g.name in sites:
+            assert gates.units()[gi] == [list(range(g.size))]  # one unit: the whole group
+        else:
+            assert bool((gates.gates[gi].probs() == 1).all())  # the residual stream stays open
+    with pytest.raises(ValueError, match="must name the groups"):
+        GateSet(graph, config={"granularity": "layer"})
+
+
 def test_dynamic_model_needs_dependent_gates():
     model = build_model("resnet20", num_classes=10)
     graph = find_groups(model, torch.zeros(1, 3, 32, 32))
@@ -163,6 +201,9 @@ def test_eval_mode_needs_a_gated_checkpoint(dep_run, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--block", "16"], "drop --block"),
     (["--finetune-epochs", "1"], "drop --finetune-epochs"),
+    (["--granularity", "layer", "--block", "16"], "drop --block"),
+    (["--granularity", "layer", "--gate-init", "norm"], "drop it"),
+    (["--granularity", "block"], "Invalid value for '--granularity'"),
 ])
 def test_learn_dependent_bad_options(tmp_path, extra, message):
     r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
@@ -179,3 +220,20 @@ def test_report_plots_the_work_skipped_per_group(dep_run):
     assert (run / "skipped.png").is_file() and files["skipped"].endswith("skipped.png")
     summary = (run / "summary.md").read_text()
     assert "executed FLOPs per input (threshold)" in summary and "skipped.png" in summary
+
+
+def test_learn_static_layer_granularity_removes_whole_blocks_exactly(tmp_path):
+    run = tmp_path / "layer"
+    r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--granularity", "layer",
+                                 "--target", "0.5", "--epochs", "1", "--out", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    layers = set(ckpt["gate"]["config"]["layers"])
+    assert len(layers) == 9 and ckpt["gate"]["config"]["granularity"] == "layer"
+    plan = {g["name"]: g for g in json.loads(json.dumps(ckpt["plan"]))["groups"]}
+    assert any(not plan[n]["keep"] for n in layers), "at half the FLOPs some residual branches go"
+    for name, g in plan.items():
+        assert len(g["keep"]) in ((0, g["size"]) if name in layers else (g["size"],)), name
+    assert abs(json.loads(r.stdout)["cost_ratio"] - 0.5) <= 0.05  # projected onto the target, whole branches at a time
+    e = CliRunner().invoke(cli, ["export", str(run / "model.pt"), "--out", str(tmp_path / "x"), "--json"])
+    assert e.exit_code == 0 and json.loads(e.stdout)["exact"], e.output
