@@ -1,29 +1,36 @@
 """Conditional computation, real speed: does the dynamic model turn skipped FLOPs into time?
 
-The mechanism only, at batch 1 in torch on the CPU (2 threads), with gates that keep about `--keep`
-of each inner residual group (each gate open on a random subset of its channels, with a little
-input dependence), and random weights (latency does not depend on them). Four models, timed in one
-interleaved run:
+The mechanism only, at batch 1 on the CPU (2 threads), with gates that keep about `--keep` of each
+inner residual group and a little input dependence, and random weights (latency does not depend on
+them). At `--granularity channel` each gate is open on a random subset of its group's channels; at
+`layer` (one decision per residual branch, AIG's granularity) a random subset of the branches runs.
+The models, timed in one interleaved run on one backend:
 
   dense     the network without gates
   masked    the gated network as every public implementation runs it: all channels computed, then
             multiplied by the masks (AIG, Channel Gating NN, the paper's code)
-  dynamic   chanprune.dynamic: only the kept filters and the matching inputs run (exact, per input)
+  dynamic   torch: chanprune.dynamic, only the kept filters and the matching inputs run (exact, per
+            input). onnxruntime: `onnx_dynamic_model`, one row per way: `gather` (the kept filters
+            gathered per input, the weights no longer constants) and, at layer granularity, `if`
+            (each gated conv inside an ONNX If, constant weights in the branch that runs)
   static    the same kept counts as a static slim model (`cut` of a plan with those counts): the
             speed a static plan of equal FLOPs gets
 
 Rows: milliseconds, speedups over dense, the executed FLOPs ratio, and the ratio of the measured
 speedup to the FLOPs-predicted one (1 / FLOPs ratio). The gap between dynamic and static is the
-price of deciding per input: the gates, the index_select of weights per call (no prepacked
-weights), and the Python around each gated conv.
+price of deciding per input: the gates, gathering weights per call (no prepacked weights, no blocked
+layout), control flow, and in torch the Python around each gated conv.
 
     python benchmarks/conditional.py [--arch resnet18] [--size 224] [--keep 0.5]
+                                     [--backend torch-cpu|ort-cpu] [--granularity channel|layer]
 
 Rows go to benchmarks/results/conditional.jsonl; rerunning skips what is there.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from _common import Rows, machine
 
@@ -33,13 +40,18 @@ def main():
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--keep", type=float, default=0.5)
+    ap.add_argument("--backend", choices=["torch-cpu", "ort-cpu"], default="torch-cpu")
+    ap.add_argument("--granularity", choices=["channel", "layer"], default="channel")
     ap.add_argument("--rounds", type=int, default=15)
     a = ap.parse_args()
+    import numpy as np
+    import onnxruntime as ort
     import torch
 
     from chanprune.cost import make_cost
     from chanprune.cut import cut
-    from chanprune.dynamic import dynamic_model
+    from chanprune.dynamic import dynamic_model, onnx_dynamic_model
+    from chanprune.export import export_onnx
     from chanprune.gates import GateSet, dependent_sites
     from chanprune.graph import find_groups
     from chanprune.measure.flops import count_flops
@@ -49,7 +61,7 @@ def main():
 
     torch.set_num_threads(2)
     rows = Rows("conditional")
-    key = f"{a.arch}/{a.size}/keep{a.keep}/torch-cpu/b1"
+    key = f"{a.arch}/{a.size}/keep{a.keep}/{a.backend}/b1" + ("/layer" if a.granularity == "layer" else "")
     if key in rows:
         print(f"{key}: done")
         return
@@ -61,12 +73,18 @@ def main():
     x = torch.zeros(shape)
     graph = find_groups(gated, x)
     cost = make_cost("flops", gated, x, graph)
-    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(gated, graph)}).attach_(gated)
+    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(gated, graph),
+                                                     "granularity": a.granularity}).attach_(gated)
     gen = torch.Generator().manual_seed(0)
-    for gi in gates.dependent:
+    dep = gates.dependent
+    branches = torch.randperm(len(dep), generator=gen)[: max(1, round(a.keep * len(dep)))].tolist()
+    for j, gi in enumerate(dep):
         g = gates.gates[gi]
-        n = g.num_channels
-        open_ = torch.randperm(n, generator=gen)[: max(1, round(a.keep * n))]
+        n = g.fc2.out_features // 2  # decisions: channels, or 1 per branch
+        if a.granularity == "channel":
+            open_ = torch.randperm(n, generator=gen)[: max(1, round(a.keep * n))]
+        else:
+            open_ = torch.tensor([0] if j in branches else [], dtype=torch.long)
         gap = torch.full((n,), -4.0)
         gap[open_] = 4.0
         with torch.no_grad():
@@ -74,13 +92,12 @@ def main():
             g.fc2.bias.view(n, 2)[:, 0] = 0.0
             g.fc2.bias.view(n, 2)[:, 1] = gap
     gates.eval()
-    xin = torch.randn(shape)
+    # the input every runner gets (make_runner's for onnxruntime): the dynamic models decide on it
+    xin = (torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+           if a.backend == "ort-cpu" else torch.randn(shape))
     with torch.no_grad():
         ref = gated(xin)
         z = [m.clone() for m in gates.current()]
-    dyn = dynamic_model(gated, graph, gates)
-    with torch.no_grad():
-        diff = float((dyn(xin) - ref).abs().max())
     flops_ratio = float(cost.ratio_of(z).reshape(-1)[0])
     plan = PrunePlan([GroupPlan(g.name, g.size, [int(i) for i in torch.nonzero(m[0]).flatten()])
                       for g, m in zip(graph.groups, z)], a.arch, shape, 0.5, {})
@@ -88,27 +105,64 @@ def main():
     static = cut(gated, graph, plan, xin).slim.eval()
     gates.attach_(gated)
     static_ratio = count_flops(static, x).total / count_flops(dense, x).total
-    runners = {name: make_runner(m, "torch-cpu", shape, threads=2)
-               for name, m in (("dense", dense), ("masked", gated), ("dynamic", dyn), ("static", static))}
-    # one fixed input for every runner: the dynamic model takes that input's decisions every call
-    for name, m in (("masked", gated), ("dynamic", dyn)):
-        runners[name] = _fixed_input(m, xin)
+    diffs = {}
+    if a.backend == "torch-cpu":
+        dyn = dynamic_model(gated, graph, gates)
+        with torch.no_grad():
+            diffs["dynamic"] = float((dyn(xin) - ref).abs().max())
+        runners = {name: make_runner(m, "torch-cpu", shape, threads=2) for name, m in (("dense", dense), ("static", static))}
+        # one fixed input for every runner: the dynamic model takes that input's decisions every call
+        for name, m in (("masked", gated), ("dynamic", dyn)):
+            runners[name] = _fixed_input(m, xin)
+        runners = {k: runners[k] for k in ("dense", "masked", "dynamic", "static")}
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="conditional-"))
+        models = {"dense": dense, "masked": _WithGates(gated, gates), "static": static}
+        ways = ["gather"] + (["if"] if a.granularity == "layer" else [])
+        for way in ways:
+            models[f"dynamic-{way}"] = onnx_dynamic_model(gated, graph, gates, way)
+        runners = {}
+        for name, m in models.items():
+            path = tmp / f"{name}.onnx"
+            export_onnx(m, xin, path, dynamic_batch=False, exporter="torchscript")
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: xin.numpy()})[0])
+            if name != "dense":
+                diffs[name] = float((out - ref).abs().max())
+            runners[name] = make_runner(path, "ort-cpu", shape, threads=2)
     times = measure_interleaved(runners, warmup=5, rounds=a.rounds, per_round=5)
-    row = {"key": key, "arch": a.arch, "size": a.size, "keep": a.keep, "backend": "torch-cpu", "batch": 1,
-           "threads": 2, "executed_flops_ratio": flops_ratio, "static_flops_ratio": static_ratio,
-           "dynamic_vs_gated_max_abs_diff": diff, "machine": machine(), "rounds": a.rounds,
-           "ms": {k: sorted(v)[len(v) // 2] for k, v in times.items()}}
-    for name in ("masked", "dynamic", "static"):
+    row = {"key": key, "arch": a.arch, "size": a.size, "keep": a.keep, "backend": a.backend,
+           "granularity": a.granularity, "batch": 1, "threads": 2, "executed_flops_ratio": flops_ratio,
+           "static_flops_ratio": static_ratio, "max_abs_diff_vs_gated": diffs, "machine": machine(),
+           "rounds": a.rounds, "ms": {k: sorted(v)[len(v) // 2] for k, v in times.items()}}
+    for name in runners:
+        if name == "dense":
+            continue
         s = 1 / ratio_stats(times[name], times["dense"])[0]
         row[f"speedup_{name}"] = s
-        ratio = flops_ratio if name != "static" else static_ratio
+        ratio = static_ratio if name == "static" else flops_ratio
         row[f"measured_over_predicted_{name}"] = s * (ratio if name != "masked" else 1.0)
     rows.add(row)
-    print(f"{a.arch} at {a.size}, keep {a.keep}, batch 1, torch CPU: executed FLOPs {flops_ratio:.3f} "
-          f"(dynamic vs gated {diff:.1e})")
-    for name in ("dense", "masked", "dynamic", "static"):
+    print(f"{a.arch} at {a.size}, keep {a.keep}, {a.granularity} gates, batch 1, {a.backend}: executed FLOPs "
+          f"{flops_ratio:.3f} (vs the gated model: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
+    for name in runners:
         sp = row.get(f"speedup_{name}", 1.0)
-        print(f"  {name:<8} {row['ms'][name]:7.2f} ms  speedup {sp:.2f}x")
+        print(f"  {name:<15} {row['ms'][name]:7.2f} ms  speedup {sp:.2f}x")
+
+
+def _WithGates(model, gates):
+    """The gated model with its gates as submodules, so that the exporter sees their weights."""
+    from torch import nn
+
+    class WithGates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.gates = model, gates
+
+        def forward(self, x):
+            return self.model(x)
+
+    return WithGates().eval()
 
 
 def _fixed_input(model, x):

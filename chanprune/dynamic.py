@@ -9,10 +9,23 @@ keeps nothing costs nothing but the gate (the consumer's output is its bias alon
 Exactness: for every input, the dynamic model's output equals the gated model's in the same
 inference mode (threshold at tau), within the one tolerance of `cut`. It runs one input at a time
 (batch 1): the kept channels differ from input to input. A larger batch runs as a loop.
+
+`onnx_dynamic_model` builds the same model in a form the ONNX exporter can trace, batch 1, in one
+of two ways (`ONNX_WAYS`):
+  gather: the gate's kept channels become indices (NonZero) that gather the kept filters of the
+      producing conv, its batch norm's statistics and the matching input channels of the consumers
+      (Gather on the weights, then Conv with those weights as a graph input). Every group gets one
+      all-zero spare channel, so that a gate that keeps nothing still runs a conv of width 1 and the
+      output stays exact without control flow. The price: the weights are no longer constants, so
+      onnxruntime can neither pre-pack them nor move the conv to its blocked (NCHWc) layout.
+  if: layer granularity only (one decision per residual branch): the producing and the consuming
+      convs each sit in an ONNX `If`; the branch that runs holds the conv with constant weights, the
+      other a tensor of zeros (the producer) or the consumer's bias alone.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +34,9 @@ from torch import nn
 from .gates import DependentGate, GateSet
 from .graph import ChannelGraph
 
-__all__ = ["DynamicModel", "dynamic_model"]
+__all__ = ["DynamicModel", "dynamic_model", "onnx_dynamic_model", "ONNX_WAYS"]
+
+ONNX_WAYS = ("gather", "if")
 
 
 class _Context:
@@ -158,3 +173,172 @@ def dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet) -> Dyna
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+class _Traced:
+    """What the traced modules of one forward pass share: per dependent group, the kept channel
+    indices (gather, with the spare channel last) or the on/off decision (if)."""
+
+    def __init__(self):
+        self.idx: dict[int, torch.Tensor] = {}
+        self.on: dict[int, torch.Tensor] = {}
+
+
+def _spare(t: torch.Tensor, dim: int, value: float = 0.0) -> torch.Tensor:
+    """`t` with one more channel along `dim`, filled with `value` (the spare channel)."""
+    shape = list(t.shape)
+    shape[dim] = 1
+    return torch.cat([t.detach(), torch.full(shape, value, dtype=t.dtype)], dim)
+
+
+class _GatherConv(nn.Module):
+    def __init__(self, conv: nn.Conv2d, tr: _Traced, *, consumes: int | None, produces: int | None,
+                 gate: DependentGate | None, tau: float):
+        super().__init__()
+        self.tr, self.consumes, self.produces, self.gate, self.tau = tr, consumes, produces, gate, tau
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        w = conv.weight.detach()
+        b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0])
+        if produces is not None:
+            w, b = _spare(w, 0), _spare(b, 0)
+            self.register_buffer("spare", torch.tensor([conv.out_channels], dtype=torch.long))
+        if consumes is not None:
+            w = _spare(w, 1)
+        self.register_buffer("w", w)
+        self.register_buffer("b", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.w, self.b
+        if self.consumes is not None:
+            w = w.index_select(1, self.tr.idx[self.consumes])
+        if self.produces is not None:
+            keep = self.gate.probs_from(x)[0] > self.tau
+            idx = torch.cat([torch.nonzero(keep).flatten(), self.spare])
+            self.tr.idx[self.produces] = idx
+            w, b = w.index_select(0, idx), b.index_select(0, idx)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+
+
+class _GatherBN(nn.Module):
+    def __init__(self, bn: nn.BatchNorm2d, tr: _Traced, group: int):
+        super().__init__()
+        self.tr, self.group, self.eps = tr, group, bn.eps
+        n = bn.num_features
+        self.register_buffer("mean", _spare(bn.running_mean, 0))
+        self.register_buffer("var", _spare(bn.running_var, 0, 1.0))
+        self.register_buffer("weight", _spare(bn.weight if bn.weight is not None else torch.ones(n), 0))
+        self.register_buffer("bias", _spare(bn.bias if bn.bias is not None else torch.zeros(n), 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.tr.idx[self.group]
+        return F.batch_norm(x, self.mean.index_select(0, k), self.var.index_select(0, k),
+                            self.weight.index_select(0, k), self.bias.index_select(0, k), False, 0.0, self.eps)
+
+
+def _if_produce(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
+                padding: list[int], dilation: list[int]) -> torch.Tensor:
+    """The conv when the branch is on, else zeros of its output's shape (scripted: an ONNX `If`)."""
+    if bool(on):
+        return F.conv2d(x, w, b, stride, padding, dilation)
+    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
+    wd = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+    return torch.zeros([x.shape[0], w.shape[0], h, wd], dtype=x.dtype)
+
+
+def _if_consume(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
+                padding: list[int], dilation: list[int]) -> torch.Tensor:
+    """The conv when the branch is on, else its bias alone: its inputs are all off (scripted)."""
+    if bool(on):
+        return F.conv2d(x, w, b, stride, padding, dilation)
+    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
+    wd = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+    return b.view(1, -1, 1, 1).expand(x.shape[0], b.shape[0], h, wd).contiguous()
+
+
+_SCRIPTED: dict = {}
+
+
+def _scripted(fn):
+    if fn not in _SCRIPTED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice: it is the exporter's way to If
+            _SCRIPTED[fn] = torch.jit.script(fn)
+    return _SCRIPTED[fn]
+
+
+class _IfConv(nn.Module):
+    def __init__(self, conv: nn.Conv2d, tr: _Traced, *, consumes: int | None, produces: int | None,
+                 gate: DependentGate | None, tau: float):
+        super().__init__()
+        self.tr, self.consumes, self.produces, self.gate, self.tau = tr, consumes, produces, gate, tau
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.register_buffer("w", conv.weight.detach().clone())
+        self.register_buffer("b", conv.bias.detach().clone() if conv.bias is not None
+                             else torch.zeros(conv.out_channels))
+        self.branch = _if_produce if produces is not None else _if_consume
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.produces is not None:
+            self.tr.on[self.produces] = (self.gate.probs_from(x)[0, 0] > self.tau)
+        on = self.tr.on[self.produces if self.produces is not None else self.consumes]
+        if torch.jit.is_tracing():
+            return _scripted(self.branch)(x, on, self.w, self.b, self.stride, self.padding, self.dilation)
+        return self.branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation)
+
+
+class _OnnxDynamic(nn.Module):
+    def __init__(self, model: nn.Module, tr: _Traced):
+        super().__init__()
+        self.model, self.tr = model, tr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tr.idx.clear()
+        self.tr.on.clear()
+        return self.model(x)
+
+
+def onnx_dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet, way: str = "gather") -> nn.Module:
+    """The dynamic twin of a gated `model` in a form `torch.onnx.export` traces (TorchScript exporter,
+    batch 1; `way` in `ONNX_WAYS`, see the module's docstring). Exact against the gated model in the
+    threshold mode, input by input, as `dynamic_model` is."""
+    if way not in ONNX_WAYS:
+        raise ValueError(f"unknown way {way!r}; choose one of {ONNX_WAYS}")
+    if gates._fixed is not None and any(bool((m == 0).any()) for m in gates._fixed):
+        raise ValueError("the dynamic model runs on a model without static pruning: cut the static plan first")
+    if not gates.dependent:
+        raise ValueError("no data-dependent gates: the slim model of `cut` is the deployed one")
+    if way == "if" and gates.granularity != "layer":
+        raise ValueError("the `if` way decides whole branches: it needs gates at layer granularity")
+    gates.detach_()
+    try:
+        twin = copy.deepcopy(model).eval()
+    finally:
+        gates.attach_(model)
+    mods = dict(twin.named_modules())
+    tr = _Traced()
+    consumes: dict[str, int] = {}
+    produces: dict[str, int] = {}
+    bns: dict[str, int] = {}
+    for gi in gates.dependent:
+        g = graph.groups[gi]
+        for s in g.sites:
+            if s.role in ("in", "out") and (s.layer_idxs != list(range(g.size)) or s.root_idxs != list(range(g.size))):
+                raise ValueError(f"group {g.name}: {s.module} does not map its channels one to one")
+            if s.role in ("in", "out") and not isinstance(mods[s.module], nn.Conv2d) or (
+                    s.role in ("in", "out") and mods[s.module].groups != 1):
+                raise ValueError(f"group {g.name}: the ONNX dynamic model runs plain convs only, not {s.module}")
+            {"out": produces, "in": consumes, "chan": bns}[s.role][s.module] = gi
+    both = set(consumes) & set(produces)
+    if both:
+        raise ValueError(f"{sorted(both)[0]} both consumes and produces a dependent group: not supported in ONNX")
+    gate_of = {gi: copy.deepcopy(gates.gates[gi]).eval() for gi in gates.dependent}
+    make = _GatherConv if way == "gather" else _IfConv
+    for name in set(consumes) | set(produces):
+        gi = produces.get(name)
+        _replace(twin, name, make(mods[name], tr, consumes=consumes.get(name), produces=gi,
+                                  gate=gate_of.get(gi), tau=gates.tau))
+    if way == "gather":
+        for name, gi in bns.items():
+            _replace(twin, name, _GatherBN(mods[name], tr, gi))
+    return _OnnxDynamic(twin, tr).eval()

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from chanprune.cost import make_cost
 from chanprune.data import load_data
-from chanprune.dynamic import dynamic_model
-from chanprune.export import DEFAULT_ATOL, DEFAULT_RTOL, within_tolerance
+from chanprune.dynamic import dynamic_model, onnx_dynamic_model
+from chanprune.export import DEFAULT_ATOL, DEFAULT_RTOL, export_onnx, within_tolerance
 from chanprune.gates import DependentGate, GateSet, dependent_sites
 from chanprune.graph import find_groups
 from chanprune.zoo import build_model
@@ -138,6 +138,38 @@ def test_static_layer_granularity_gates_whole_inner_groups():
             assert bool((gates.gates[gi].probs() == 1).all())  # the residual stream stays open
     with pytest.raises(ValueError, match="must name the groups"):
         GateSet(graph, config={"granularity": "layer"})
+
+
+@pytest.mark.parametrize("way, granularity", [("gather", "channel"), ("gather", "layer"), ("if", "layer")])
+def test_onnx_dynamic_model_reproduces_the_gated_model_input_by_input(tmp_path, way, granularity):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model, graph, gates, _ = _gated(granularity=granularity, spread=6.0 if granularity == "layer" else 3.0)
+    gates.gates[gates.dependent[4]].fc2.bias.data[1::2] = -50.0  # one gate off for every input
+    x = _digits(12)
+    with torch.no_grad():
+        ref = model(x)
+        masks = [m.clone() for m in gates.current()]
+    path = export_onnx(onnx_dynamic_model(model, graph, gates, way), x[:1], tmp_path / f"{way}.onnx",
+                       dynamic_batch=False, exporter="torchscript")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("NonZero" in ops) if way == "gather" else ("If" in ops)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    err = float(np.abs(out - ref.numpy()).max())
+    assert within_tolerance(err, float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL), err
+    kept = torch.stack([masks[gi].sum(1) for gi in gates.dependent], 1)  # (inputs, groups)
+    assert len({tuple(r.tolist()) for r in kept}) > 1, "the inputs should take different paths"
+
+
+def test_onnx_dynamic_model_bad_inputs():
+    model, graph, gates, _ = _gated()
+    with pytest.raises(ValueError, match="layer granularity"):
+        onnx_dynamic_model(model, graph, gates, "if")
+    with pytest.raises(ValueError, match="unknown way"):
+        onnx_dynamic_model(model, graph, gates, "switch")
 
 
 def test_dynamic_model_needs_dependent_gates():
