@@ -420,20 +420,28 @@ def conditional_section() -> list[str]:
     rows = load("conditional")
     if not rows:
         return []
-    out = ["### Conditional computation: does skipping reach the wall clock? (torch CPU, batch 1)", "",
-           ("`python benchmarks/conditional.py --arch A --size S --keep 0.5` (rows: `benchmarks/results/conditional.jsonl`). "
+    out = ["### Conditional computation: does skipping reach the wall clock? (CPU, batch 1)", "",
+           ("`python benchmarks/conditional.py --arch A --size S --keep 0.5 --backend torch-cpu|ort-cpu "
+            "--granularity channel|layer` (rows: `benchmarks/results/conditional.jsonl`). "
             "The mechanism only, not a trained model: random weights, data-dependent gates that keep about half of "
-            "each inner residual group. masked: the gated network as public implementations run it (everything "
-            "computed, then multiplied by the masks); dynamic: `chanprune.dynamic` (only the kept filters and inputs "
-            "run; exact against the masked model); static: a static slim model with the same kept counts. "
-            "Measured / predicted: the measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). "
-            f"Machine: {machines(rows)}."), "",
-           "| arch | input | executed FLOPs | dense ms | masked | dynamic | static | dynamic: measured / predicted |",
-           "|---|---|---|---|---|---|---|---|"]
+            "each inner residual group's channels (channel) or about half of the residual branches (layer). "
+            "masked: the gated network as public implementations run it (everything computed, then multiplied by "
+            "the masks); dynamic: in torch `chanprune.dynamic.dynamic_model` (only the kept filters and inputs run), "
+            "on onnxruntime `onnx_dynamic_model` by gathers (`gather`) or, at layer granularity, an ONNX If per gated "
+            "conv (`if`); every dynamic model is exact against the masked one; static: a static slim model with the "
+            "same kept counts. Speedups over dense, 2 threads. Measured / predicted: the best dynamic model's "
+            f"measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). Machine: {machines(rows)}."), "",
+           "| arch | input | backend | gates | executed FLOPs | dense ms | masked | dynamic | dynamic (if) | static "
+           "| dynamic: measured / predicted |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['arch']} | {r['size']}x{r['size']} | {r['executed_flops_ratio']:.3f} | {r['ms']['dense']:.2f} | "
-                   f"{r['speedup_masked']:.2f}x | {r['speedup_dynamic']:.2f}x | {r['speedup_static']:.2f}x | "
-                   f"{r['measured_over_predicted_dynamic']:.2f} |")
+        gather = r.get("speedup_dynamic", r.get("speedup_dynamic-gather"))
+        way_if = r.get("speedup_dynamic-if")
+        best = max(v for v in (gather, way_if) if v is not None)
+        out.append(f"| {r['arch']} | {r['size']}x{r['size']} | {r.get('backend', 'torch-cpu')} | "
+                   f"{r.get('granularity', 'channel')} | {r['executed_flops_ratio']:.3f} | {r['ms']['dense']:.2f} | "
+                   f"{r['speedup_masked']:.2f}x | {gather:.2f}x | {f'{way_if:.2f}x' if way_if else '-'} | "
+                   f"{r['speedup_static']:.2f}x | {best * r['executed_flops_ratio']:.2f} |")
     return out + [""]
 
 

@@ -213,7 +213,7 @@ class _GatherConv(nn.Module):
         if self.consumes is not None:
             w = w.index_select(1, self.tr.idx[self.consumes])
         if self.produces is not None:
-            keep = self.gate.probs_from(x)[0] > self.tau
+            keep = self.gate.mask_from(x, "threshold", tau=self.tau)[0] > 0
             idx = torch.cat([torch.nonzero(keep).flatten(), self.spare])
             self.tr.idx[self.produces] = idx
             w, b = w.index_select(0, idx), b.index_select(0, idx)
@@ -280,7 +280,7 @@ class _IfConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.produces is not None:
-            self.tr.on[self.produces] = (self.gate.probs_from(x)[0, 0] > self.tau)
+            self.tr.on[self.produces] = self.gate.mask_from(x, "threshold", tau=self.tau)[0, 0] > 0
         on = self.tr.on[self.produces if self.produces is not None else self.consumes]
         if torch.jit.is_tracing():
             return _scripted(self.branch)(x, on, self.w, self.b, self.stride, self.padding, self.dilation)

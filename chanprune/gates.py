@@ -16,7 +16,7 @@ from torch import nn
 from ._registry import Registry
 from .graph import ChannelGraph
 
-__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "trainable_gate", "GateSet", "attach_gates",
+__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "StaticDependentGate", "trainable_gate", "GateSet", "attach_gates",
            "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites", "EVAL_MODES", "GRANULARITIES"]
 
 EVAL_MODES = ("threshold", "stochastic")
@@ -287,6 +287,35 @@ class DependentGate(Gate):
     def config(self) -> dict:
         return {"in_channels": self.in_channels, "hidden": self.hidden, "init": list(self.init),
                 "temperature": self.temperature, "granularity": self.granularity}
+
+
+@register_gate("static+dependent")
+class StaticDependentGate(DependentGate):
+    """Static pruning and conditional computation learned together: a data-independent Gumbel gate
+    (`static`, one per channel, or per branch at layer granularity) times a data-dependent one.
+    A channel runs for an input when both keep it. `probs()` is the static gate's: the static plan a
+    cut would remove first; the dependent gate then decides per input among what is left. The
+    budget counts each input's own cost, so both parts learn to meet it."""
+
+    def __init__(self, num_channels: int, *, in_channels: int, hidden: int | None = None,
+                 init: tuple[float, float] = (0.1, 4.0), temperature: float = 1.0, granularity: str = "channel"):
+        super().__init__(num_channels, in_channels=in_channels, hidden=hidden, init=init, temperature=temperature,
+                         granularity=granularity)
+        self.static = GumbelGate(self.fc2.out_features // 2, init=init, temperature=temperature)
+
+    def probs(self) -> torch.Tensor:
+        return self._channels(self.static.probs().unsqueeze(0))[0]
+
+    def sample_from(self, x: torch.Tensor) -> torch.Tensor:
+        return super().sample_from(x) * self._channels(self.static.sample(x.shape[0]))
+
+    def mask_from(self, x: torch.Tensor, mode: str, *, tau: float = 0.5) -> torch.Tensor:
+        if mode == "threshold":
+            static = (self.probs() > tau).to(x.dtype).unsqueeze(0)
+            return (self.probs_from(x) > tau).to(x.dtype) * static
+        if mode == "stochastic":
+            return self.sample_from(x)
+        raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
 
 
 class _OpenGate(Gate):

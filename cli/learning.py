@@ -108,7 +108,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Gate kind. gumbel: data-independent Gumbel-softmax gates (Herrmann et al. 2020); "
                    "trainable: deterministic 0/1 gates with a shaped gradient (Kim et al. 2020); "
                    "dependent: data-dependent gates inside residual blocks, decided per input from the gated "
-                   "layer's input (conditional computation; learned for the whole budget, no static plan).")
+                   "layer's input (conditional computation; learned for the whole budget, no static plan); "
+                   "static+dependent: both, learned together (a channel runs when a static and a data-dependent "
+                   "gate both keep it).")
 @click.option("--granularity", type=click.Choice(["channel", "layer"]), default="channel", show_default=True,
               help="What one gate decides. channel: each channel (or --block). layer: the whole inner group of each "
                    "residual block, so the block's branch runs or not (with --gate dependent: per input, AIG-style; "

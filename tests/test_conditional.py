@@ -16,19 +16,22 @@ from chanprune.zoo import build_model
 from chanprune_cli.main import main as cli
 
 
-def _gated(arch="resnet20", seed=0, spread=3.0, granularity="channel"):
-    """A resnet20 with dependent gates whose decisions vary from input to input."""
+def _gated(arch="resnet20", seed=0, spread=3.0, granularity="channel", kind="dependent"):
+    """A resnet20 with dependent gates whose decisions vary from input to input (static+dependent:
+    and a static gate that closes about a third of the channels)."""
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=10)
     x = torch.zeros(1, 3, 32, 32)
     graph = find_groups(model, x)
     cost = make_cost("flops", model, x, graph)
-    gates = GateSet(graph, kind="dependent", config={"dependent": dependent_sites(model, graph),
+    gates = GateSet(graph, kind=kind, config={"dependent": dependent_sites(model, graph),
                                                      "granularity": granularity}).attach_(model)
     for gi in gates.dependent:
         g = gates.gates[gi]
         g.fc2.weight.data.normal_(0, spread)
         g.fc2.bias.data.normal_(0, 1)
+        if kind == "static+dependent":
+            g.static.logits.data[:, 1] = torch.where(torch.rand(g.static.num_channels) < 0.33, -5.0, 5.0)
     model.train()
     with torch.no_grad():  # gate and model batch-norm statistics that are not the identity
         for _ in range(3):
@@ -172,6 +175,36 @@ def test_onnx_dynamic_model_bad_inputs():
         onnx_dynamic_model(model, graph, gates, "switch")
 
 
+def test_static_and_dependent_gates_together_are_exact_everywhere(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    model, graph, gates, cost = _gated(kind="static+dependent")
+    x = _digits(12)
+    with torch.no_grad():
+        ref = model(x)
+        masks = [m.clone() for m in gates.current()]
+    for gi in gates.dependent:  # an input keeps only what the static plan keeps
+        static = (gates.gates[gi].probs() > 0.5).float()
+        assert 0 < static.sum() < static.numel()
+        assert bool((masks[gi] <= static).all())
+    assert bool((cost.ratio_of(masks) < 1).all())
+    with torch.no_grad():
+        out = dynamic_model(model, graph, gates)(x)
+    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    path = export_onnx(onnx_dynamic_model(model, graph, gates, "gather"), x[:1], tmp_path / "g.onnx",
+                       dynamic_batch=False, exporter="torchscript")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    assert within_tolerance(float(np.abs(got - ref.numpy()).max()), float(ref.abs().max()),
+                            atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    model.train()
+    z = gates.gates[gates.dependent[0]].sample_from(torch.randn(4, 16, 8, 8))
+    z.sum().backward()  # both parts learn
+    g = gates.gates[gates.dependent[0]]
+    assert g.static.logits.grad is not None and g.fc2.weight.grad is not None
+
+
 def test_dynamic_model_needs_dependent_gates():
     model = build_model("resnet20", num_classes=10)
     graph = find_groups(model, torch.zeros(1, 3, 32, 32))
@@ -269,3 +302,17 @@ def test_learn_static_layer_granularity_removes_whole_blocks_exactly(tmp_path):
     assert abs(json.loads(r.stdout)["cost_ratio"] - 0.5) <= 0.05  # projected onto the target, whole branches at a time
     e = CliRunner().invoke(cli, ["export", str(run / "model.pt"), "--out", str(tmp_path / "x"), "--json"])
     assert e.exit_code == 0 and json.loads(e.stdout)["exact"], e.output
+
+
+def test_learn_static_and_dependent_at_layer_granularity(tmp_path):
+    run = tmp_path / "sd"
+    r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "static+dependent",
+                                 "--granularity", "layer", "--target", "0.5", "--epochs", "1", "--out", str(run),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert 0 < res["executed_cost"]["min"] <= res["executed_cost"]["max"] <= 1
+    gate = torch.load(run / "model.pt", weights_only=True)["gate"]
+    assert gate["kind"] == "static+dependent" and gate["config"]["granularity"] == "layer"
+    e = CliRunner().invoke(cli, ["eval", str(run / "model.pt"), "--data", "digits", "--mode", "stochastic", "--json"])
+    assert e.exit_code == 0, e.output
