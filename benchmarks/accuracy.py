@@ -28,6 +28,17 @@ Methods (`--methods`, comma-separated):
     python benchmarks/accuracy.py --suite main       [--arch resnet20] [--targets 0.5,0.25] [--seeds 0,1,2]
     python benchmarks/accuracy.py --suite ablations  (ResNet-20, t=0.5, seed 0)
     python benchmarks/accuracy.py --suite latency    (EfficientNet-Lite0, latency target 0.5, seeds 0,1,2)
+    python benchmarks/accuracy.py --suite conditional (ResNet-56, average FLOPs targets 0.5,0.3, seeds 0,1,2)
+
+The conditional suite (issue 13; the paper's claim that conditional computation beats pruning at
+equal FLOPs): from the same baseline, the same E epochs on the same subset, at an average FLOPs
+target t, four ways to spend it:
+  cd-static               `learn --target t` (chanprune's static pruning, the default recipe)
+  cd-dependent            `learn --gate dependent`: data-dependent channel gates, learned for the whole budget
+  cd-dependent-layer      the same at `--granularity layer`: one decision per residual branch (AIG-style)
+  cd-static+dependent     `learn --gate static+dependent`: both, learned together
+Test accuracy on the whole test split, threshold at tau; FLOPs: the slim model's (static), or each test
+input's executed FLOPs averaged (the others).
 
 The latency suite: accuracy at equal *measured* latency, on a model nobody here trained. The
 baseline is benchmarks/latency_budget.py's: EfficientNet-Lite0 with its ImageNet weights, moved to
@@ -131,6 +142,44 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact"),
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
     })
+
+
+CONDITIONAL = {"cd-static": [], "cd-dependent": ["--gate", "dependent"],
+               "cd-dependent-layer": ["--gate", "dependent", "--granularity", "layer"],
+               "cd-static+dependent": ["--gate", "static+dependent"]}
+
+
+def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
+    """One row of the conditional suite (see the module's docstring)."""
+    tag = setup_tag(a.limit, a.epochs)
+    key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
+    if key in rows:
+        return rows.get(key)
+    import torch
+
+    from chanprune.evaluate import eval_model
+
+    run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
+    args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
+            "--target", str(t), "--epochs", str(a.epochs), "--seed", str(seed), *CONDITIONAL[method]]
+    t0 = time.perf_counter()
+    run_stage(args, run, done=run_finished(run))
+    seconds = time.perf_counter() - t0
+    hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    result = torch.load(run / "model.pt", weights_only=True).get("result") or {}
+    row = {"key": key, "suite": "conditional", "arch": arch, "setup": tag, "target": t, "seed": seed,
+           "method": method, "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1),
+           "wall_seconds": round(seconds, 1), "epochs": a.epochs, "limit": a.limit,
+           "command": "chanprune " + " ".join(args + ["--out", str(run)])}
+    if method == "cd-static":
+        slim = export(run / "model.pt", run / "slim", "--no-onnx")
+        row.update(flops_ratio=slim["flops_ratio"], exact=slim.get("exact"),
+                   test_accuracy=eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"])
+    else:
+        ex = result["executed_cost"]
+        row.update(flops_ratio=ex["mean"], flops_min=ex["min"], flops_max=ex["max"],
+                   test_accuracy=result["test_accuracy"])
+    return rows.add(row)
 
 
 _MATCHED: dict = {}
@@ -366,7 +415,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["main", "ablations", "latency"], default="main")
+    ap.add_argument("--suite", choices=["main", "ablations", "latency", "conditional"], default="main")
     ap.add_argument("--arch", default=None, help="Default: resnet20 (efficientnet_lite0 for --suite latency).")
     ap.add_argument("--baseline", type=Path, default=None, help="A dense model.pt (default: shipped, or trained here).")
     ap.add_argument("--targets", default=None, help="Default: 0.5,0.25 (main), 0.5 (ablations).")
@@ -386,11 +435,12 @@ def main():
             for t in [float(s) for s in (a.targets or "0.5").split(",")]:
                 latency_suite(rows, a.arch, t, seed, a)
         return
-    a.arch, a.epochs = a.arch or "resnet20", a.epochs or EPOCHS
-    main_suite = a.suite == "main"
-    targets = [float(s) for s in (a.targets or ("0.5,0.25" if main_suite else "0.5")).split(",")]
+    cond = a.suite == "conditional"
+    a.arch, a.epochs = a.arch or ("resnet56" if cond else "resnet20"), a.epochs or EPOCHS
+    main_suite = a.suite in ("main", "conditional")
+    targets = [float(s) for s in (a.targets or ("0.5,0.3" if cond else "0.5,0.25" if main_suite else "0.5")).split(",")]
     seeds = [int(s) for s in (a.seeds or ("0,1,2" if main_suite else "0")).split(",")]
-    methods = (a.methods or ",".join(MAIN if main_suite else ["cp-default", *ABLATIONS])).split(",")
+    methods = (a.methods or ",".join(CONDITIONAL if cond else MAIN if main_suite else ["cp-default", *ABLATIONS])).split(",")
     base = baseline(a.arch, a.out, a.baseline)
     key = f"{a.arch}/baseline"
     if key not in rows:
@@ -401,10 +451,11 @@ def main():
     for seed in seeds:
         for t in targets:
             for m in methods:
-                r = (torch_pruning if m.startswith("tp-") else ours)(rows, a.arch, base, t, seed, m, a)
-                print(f"{r['method']:<22} t={t} seed {seed}: FLOPs {r['flops_ratio']:.3f}  after pruning (val) "
-                      f"{r['val_after_pruning']:.4f}  test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s",
-                      flush=True)
+                r = (conditional if m.startswith("cd-") else torch_pruning if m.startswith("tp-") else ours)(
+                    rows, a.arch, base, t, seed, m, a)
+                after = f"  after pruning (val) {r['val_after_pruning']:.4f}" if "val_after_pruning" in r else ""
+                print(f"{r['method']:<22} t={t} seed {seed}: FLOPs {r['flops_ratio']:.3f}{after}  "
+                      f"test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

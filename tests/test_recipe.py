@@ -284,3 +284,19 @@ def test_learn_warns_about_slow_batch_norms(tmp_path):
     seen.clear()
     runs.learn_run(arch="tests.nets:chain", data="digits", out=tmp_path / "plain", config=cfg, progress=progress)
     assert not [row for kind, row in seen if kind == "warning" and "momentum" in row["message"]]
+
+
+@pytest.mark.parametrize("total", range(0, 10))
+def test_onecycle_survives_a_budget_of_a_few_steps(total):
+    """OneCycleLR divides by each phase's length: a budget of 3 steps (a small --limit) once raised
+    ZeroDivisionError."""
+    from chanprune.learn import _schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = _schedule(opt, "onecycle", total)
+    lrs = []
+    for _ in range(total):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(0 <= lr <= 0.1 + 1e-9 for lr in lrs)
