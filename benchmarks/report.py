@@ -255,7 +255,8 @@ def _paired(cell, arch, setup, t, method, ref="chanprune"):
 
 def accuracy_section() -> list[str]:
     rows = load("accuracy")
-    runs = [r for r in rows if r.get("method") not in (None, "baseline") and r.get("setup") and r.get("suite") != "latency"]
+    runs = [r for r in rows if r.get("method") not in (None, "baseline") and r.get("setup")
+            and r.get("suite") not in ("latency", "conditional")]
     if not runs:
         return []
     base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
@@ -368,6 +369,59 @@ def latency_accuracy_section() -> list[str]:
     return out + [""]
 
 
+def conditional_accuracy_section() -> list[str]:
+    rows = load("accuracy")
+    runs = [r for r in rows if r.get("suite") == "conditional"]
+    if not runs:
+        return []
+    base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
+    cell = {(r["arch"], r["setup"], r["target"], r["seed"], r["method"]): r for r in runs}
+    out = ["### Conditional computation against pruning at equal average FLOPs (Fashion-MNIST)", "",
+           ("`python benchmarks/accuracy.py --suite conditional` (rows: `benchmarks/results/accuracy.jsonl`, "
+            "`suite: conditional`). From the same baseline, every method trains the same epochs on the same subset "
+            f"as the main accuracy table (setup {', '.join(sorted({r['setup'] for r in runs}))}) at an average FLOPs "
+            "target t. cd-static: `learn --target t` "
+            "(static pruning, the default recipe, FLOPs of the slim model); cd-dependent: `--gate dependent` "
+            "(channel gates per input); cd-dependent-layer: `--granularity layer` (one decision per residual "
+            "branch, AIG-style); cd-static+dependent: `--gate static+dependent` (learned together). For the "
+            "data-dependent ones, FLOPs is each test input's executed FLOPs, averaged (with the range over inputs), "
+            "and accuracy is at the threshold tau = 0.5. The paper's claim: conditional computation beats pruning "
+            f"at equal FLOPs. Machine: {machines(runs)}."), "",
+           "| arch | target | method | FLOPs (mean; range over inputs) | final test (mean ± sd) | change vs baseline | "
+           "this minus cd-static, paired by seed | train time | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for arch, setup, t in dict.fromkeys((r["arch"], r["setup"], r["target"]) for r in runs):
+        b = base.get(arch)
+        for m in dict.fromkeys(r["method"] for r in runs):
+            rs = [r for r in runs if (r["arch"], r["setup"], r["target"], r["method"]) == (arch, setup, t, m)]
+            if not rs:
+                continue
+            acc = [r["test_accuracy"] for r in rs]
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            diffs = [-d for d in _paired(cell, arch, setup, t, m, ref="cd-static")]
+            paired = "-" if m == "cd-static" or not diffs else (
+                f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
+                + f" (ahead {sum(d > 0 for d in diffs)}/{len(diffs)})")
+            lo, hi = min(r.get("flops_min", r["flops_ratio"]) for r in rs), max(r.get("flops_max", r["flops_ratio"]) for r in rs)
+            rng = "" if m == "cd-static" else f"; {lo:.2f}-{hi:.2f}"
+            change = f"{100 * (statistics.fmean(acc) - b['test_accuracy']):+.2f}" if b else "-"
+            out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['flops_ratio'] for r in rs):.3f}{rng} | "
+                       f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {change} | {paired} | "
+                       f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} s | {len(rs)} |")
+            if m != "cd-static" and len(diffs) > 1:
+                gap, spread = statistics.fmean(diffs), statistics.stdev(diffs)
+                holds = gap > spread
+                static = statistics.fmean(r["flops_ratio"] for r in runs if (r["arch"], r["setup"], r["target"],
+                                                                                   r["method"]) == (arch, setup, t, "cd-static"))
+                fl = statistics.fmean(r["flops_ratio"] for r in rs)
+                notes.append(f"- {arch} t={t}, {m}: {'ahead of' if gap > 0 else 'behind'} static pruning by "
+                             f"{100 * gap:+.2f} points, paired spread {100 * spread:.2f} over {len(diffs)} seeds, at "
+                             f"{fl:.3f} average FLOPs against {static:.3f}: the claim "
+                             f"{'holds' if holds else 'does not hold'} here"
+                             + (" (but not at equal FLOPs)" if holds and fl > static + 0.02 else "") + ".")
+    return out + [""] + notes + ([""] if notes else [])
+
+
 def _goals(arch, setup, t, means, b, cell) -> list[str]:
     """The issue's two goals for one (arch, target), stated from the rows."""
     if "chanprune" not in means or b is None:
@@ -466,7 +520,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():
