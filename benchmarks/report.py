@@ -485,7 +485,7 @@ def conditional_section() -> list[str]:
             "conv (`if`); every dynamic model is exact against the masked one; static: a static slim model with the "
             "same kept counts. Speedups over dense, 2 threads. Measured / predicted: the best dynamic model's "
             f"measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). Machine: {machines(rows)}."), "",
-           "| arch | input | backend | gates | executed FLOPs | dense ms | masked | dynamic | dynamic (if) | static "
+           "| arch | input | backend | gates | executed FLOPs | dense ms | masked | dynamic (torch) or gather (ort) | if (ort) | static "
            "| dynamic: measured / predicted |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

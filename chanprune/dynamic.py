@@ -63,7 +63,8 @@ class _DynamicConv(nn.Module):
         w, b = c.weight, c.bias
         if self.consumes is not None:
             kept_in = self.ctx.kept[self.consumes]
-            w = w.index_select(1, kept_in)
+            if kept_in.numel() != w.shape[1]:  # all kept (a branch that runs whole): no copy
+                w = w.index_select(1, kept_in)
         if self.produces is not None:
             pooled = x.flatten(2).mean(-1)
             if self.consumes is not None:  # the gate reads the full-width (masked) input
@@ -72,8 +73,9 @@ class _DynamicConv(nn.Module):
                 pooled = full
             kept = torch.nonzero(self.gate.mask_from(pooled, "threshold", tau=self.tau)[0]).flatten()
             self.ctx.kept[self.produces] = kept
-            w = w.index_select(0, kept)
-            b = b.index_select(0, kept) if b is not None else None
+            if kept.numel() != w.shape[0]:
+                w = w.index_select(0, kept)
+                b = b.index_select(0, kept) if b is not None else None
         if w.shape[1] == 0:  # every input channel switched off: the output is the bias alone
             h, wd = _out_size(c, x)
             out = x.new_zeros(1, w.shape[0], h, wd)
@@ -103,6 +105,8 @@ class _DynamicBN(nn.Module):
         bn, k = self.bn, self.ctx.kept[self.group]
         if k.numel() == 0:  # nothing kept: nothing to normalise
             return x
+        if k.numel() == bn.num_features:
+            return bn(x)
         pick = (lambda t: t.index_select(0, k) if t is not None else None)  # noqa: E731
         return F.batch_norm(x, pick(bn.running_mean), pick(bn.running_var), pick(bn.weight), pick(bn.bias),
                             False, 0.0, bn.eps)
