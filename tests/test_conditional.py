@@ -269,6 +269,9 @@ def test_eval_mode_needs_a_gated_checkpoint(dep_run, tmp_path):
     (["--granularity", "layer", "--block", "16"], "drop --block"),
     (["--granularity", "layer", "--gate-init", "norm"], "drop it"),
     (["--granularity", "block"], "Invalid value for '--granularity'"),
+    (["--dependent-gate-lr", "0"], "Invalid value for '--dependent-gate-lr'"),
+    (["--gate", "static+dependent", "--finetune-epochs", "1"], "drop --finetune-epochs"),
+    (["--gate", "static+dependent", "--block", "8"], "drop --block"),
 ])
 def test_learn_dependent_bad_options(tmp_path, extra, message):
     r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
