@@ -136,6 +136,21 @@ class DynamicModel(nn.Module):
 def dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet) -> DynamicModel:
     """The dynamic twin of a gated `model` (its `gates` attached) in eval mode, threshold at the
     gates' tau. The static groups must keep every channel: cut a static plan first."""
+    twin, mods, consumes, produces, bns, gate_of = _twin(model, graph, gates)
+    ctx = _Context()
+    ctx.sizes.update({gi: graph.groups[gi].size for gi in gates.dependent})
+    for name in set(consumes) | set(produces):
+        gi = produces.get(name)
+        _replace(twin, name, _DynamicConv(mods[name], ctx, consumes=consumes.get(name), produces=gi,
+                                          gate=gate_of.get(gi), tau=gates.tau))
+    for name, gi in bns.items():
+        _replace(twin, name, _DynamicBN(mods[name], ctx, gi))
+    return DynamicModel(twin, ctx, list(gates.dependent)).eval()
+
+
+def _twin(model: nn.Module, graph: ChannelGraph, gates: GateSet):
+    """A copy of `model` without the gate hooks, with the modules of each dependent group by role
+    (producing conv, consuming convs, batch norms: name -> group index) and a copy of each gate."""
     if gates._fixed is not None and any(bool((m == 0).any()) for m in gates._fixed):
         raise ValueError("the dynamic model runs on a model without static pruning: cut the static plan first")
     if not gates.dependent:
@@ -146,32 +161,19 @@ def dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet) -> Dyna
     finally:
         gates.attach_(model)
     mods = dict(twin.named_modules())
-    ctx = _Context()
-    consumes: dict[str, int] = {}
-    produces: dict[str, int] = {}
-    bns: dict[str, int] = {}
+    roles: dict[str, dict[str, int]] = {"out": {}, "in": {}, "chan": {}}
     for gi in gates.dependent:
         g = graph.groups[gi]
-        ctx.sizes[gi] = g.size
         for s in g.sites:
-            if s.role in ("in", "out") and (s.layer_idxs != list(range(g.size)) or s.root_idxs != list(range(g.size))):
-                raise ValueError(f"group {g.name}: {s.module} does not map its channels one to one")
-            if s.role == "out":
-                produces[s.module] = gi
-            elif s.role == "in":
-                if not isinstance(mods[s.module], nn.Conv2d):
-                    raise ValueError(f"group {g.name}: the dynamic model runs conv consumers only, not {s.module}")
-                consumes[s.module] = gi
-            elif s.role == "chan":
-                bns[s.module] = gi
+            if s.role in ("in", "out"):
+                if s.layer_idxs != list(range(g.size)) or s.root_idxs != list(range(g.size)):
+                    raise ValueError(f"group {g.name}: {s.module} does not map its channels one to one")
+                m = mods[s.module]
+                if not isinstance(m, nn.Conv2d) or m.groups != 1:
+                    raise ValueError(f"group {g.name}: the dynamic model runs plain convs only, not {s.module}")
+            roles[s.role][s.module] = gi
     gate_of = {gi: copy.deepcopy(gates.gates[gi]).eval() for gi in gates.dependent}
-    for name in set(consumes) | set(produces):
-        gi = produces.get(name)
-        _replace(twin, name, _DynamicConv(mods[name], ctx, consumes=consumes.get(name), produces=gi,
-                                          gate=gate_of.get(gi), tau=gates.tau))
-    for name, gi in bns.items():
-        _replace(twin, name, _DynamicBN(mods[name], ctx, gi))
-    return DynamicModel(twin, ctx, list(gates.dependent)).eval()
+    return twin, mods, roles["in"], roles["out"], roles["chan"], gate_of
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -240,24 +242,17 @@ class _GatherBN(nn.Module):
                             self.weight.index_select(0, k), self.bias.index_select(0, k), False, 0.0, self.eps)
 
 
-def _if_produce(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
-                padding: list[int], dilation: list[int]) -> torch.Tensor:
-    """The conv when the branch is on, else zeros of its output's shape (scripted: an ONNX `If`)."""
+def _if_conv(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
+             padding: list[int], dilation: list[int], consumes: bool) -> torch.Tensor:
+    """The conv when the branch is on; else, of its output's shape, zeros (the producer) or its bias
+    alone (a consumer: its inputs are all off). Scripted, it is an ONNX `If`."""
     if bool(on):
         return F.conv2d(x, w, b, stride, padding, dilation)
     h = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
     wd = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+    if consumes:
+        return b.view(1, -1, 1, 1).expand(x.shape[0], b.shape[0], h, wd).contiguous()
     return torch.zeros([x.shape[0], w.shape[0], h, wd], dtype=x.dtype)
-
-
-def _if_consume(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
-                padding: list[int], dilation: list[int]) -> torch.Tensor:
-    """The conv when the branch is on, else its bias alone: its inputs are all off (scripted)."""
-    if bool(on):
-        return F.conv2d(x, w, b, stride, padding, dilation)
-    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
-    wd = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
-    return b.view(1, -1, 1, 1).expand(x.shape[0], b.shape[0], h, wd).contiguous()
 
 
 _SCRIPTED: dict = {}
@@ -280,15 +275,13 @@ class _IfConv(nn.Module):
         self.register_buffer("w", conv.weight.detach().clone())
         self.register_buffer("b", conv.bias.detach().clone() if conv.bias is not None
                              else torch.zeros(conv.out_channels))
-        self.branch = _if_produce if produces is not None else _if_consume
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.produces is not None:
             self.tr.on[self.produces] = self.gate.mask_from(x, "threshold", tau=self.tau)[0, 0] > 0
         on = self.tr.on[self.produces if self.produces is not None else self.consumes]
-        if torch.jit.is_tracing():
-            return _scripted(self.branch)(x, on, self.w, self.b, self.stride, self.padding, self.dilation)
-        return self.branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation)
+        branch = _scripted(_if_conv) if torch.jit.is_tracing() else _if_conv
+        return branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation, self.produces is None)
 
 
 class _OnnxDynamic(nn.Module):
@@ -308,35 +301,13 @@ def onnx_dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet, wa
     threshold mode, input by input, as `dynamic_model` is."""
     if way not in ONNX_WAYS:
         raise ValueError(f"unknown way {way!r}; choose one of {ONNX_WAYS}")
-    if gates._fixed is not None and any(bool((m == 0).any()) for m in gates._fixed):
-        raise ValueError("the dynamic model runs on a model without static pruning: cut the static plan first")
-    if not gates.dependent:
-        raise ValueError("no data-dependent gates: the slim model of `cut` is the deployed one")
     if way == "if" and gates.granularity != "layer":
         raise ValueError("the `if` way decides whole branches: it needs gates at layer granularity")
-    gates.detach_()
-    try:
-        twin = copy.deepcopy(model).eval()
-    finally:
-        gates.attach_(model)
-    mods = dict(twin.named_modules())
+    twin, mods, consumes, produces, bns, gate_of = _twin(model, graph, gates)
     tr = _Traced()
-    consumes: dict[str, int] = {}
-    produces: dict[str, int] = {}
-    bns: dict[str, int] = {}
-    for gi in gates.dependent:
-        g = graph.groups[gi]
-        for s in g.sites:
-            if s.role in ("in", "out") and (s.layer_idxs != list(range(g.size)) or s.root_idxs != list(range(g.size))):
-                raise ValueError(f"group {g.name}: {s.module} does not map its channels one to one")
-            if s.role in ("in", "out") and not isinstance(mods[s.module], nn.Conv2d) or (
-                    s.role in ("in", "out") and mods[s.module].groups != 1):
-                raise ValueError(f"group {g.name}: the ONNX dynamic model runs plain convs only, not {s.module}")
-            {"out": produces, "in": consumes, "chan": bns}[s.role][s.module] = gi
     both = set(consumes) & set(produces)
     if both:
         raise ValueError(f"{sorted(both)[0]} both consumes and produces a dependent group: not supported in ONNX")
-    gate_of = {gi: copy.deepcopy(gates.gates[gi]).eval() for gi in gates.dependent}
     make = _GatherConv if way == "gather" else _IfConv
     for name in set(consumes) | set(produces):
         gi = produces.get(name)

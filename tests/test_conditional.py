@@ -47,6 +47,19 @@ def _digits(n=24):
     return x
 
 
+def _exact_dynamic(model, graph, gates, x):
+    """The dynamic model of `model`, run on x (recording each input's kept counts) and checked against
+    the masked gated model; returns it and the gated model's masks."""
+    dyn = dynamic_model(model, graph, gates)
+    dyn.record = True
+    with torch.no_grad():
+        ref = model(x)
+        masks = [m.clone() for m in gates.current()]
+        out = dyn(x)
+    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    return dyn, masks
+
+
 def test_dependent_gate_starts_open_and_learns_from_its_input():
     gate = DependentGate(8, in_channels=16)
     x = torch.randn(4, 16, 5, 5)
@@ -89,14 +102,7 @@ def test_dynamic_model_reproduces_the_gated_model_input_by_input():
     # one gate switched off for every input: its block must cost nothing and still be exact
     off = gates.dependent[4]
     gates.gates[off].fc2.bias.data[1::2] = -50.0
-    x = _digits(24)
-    dyn = dynamic_model(model, graph, gates)
-    dyn.record = True
-    with torch.no_grad():
-        ref = model(x)
-        masks = [m.clone() for m in gates.current()]
-        out = dyn(x)
-    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    dyn, masks = _exact_dynamic(model, graph, gates, _digits(24))
     assert len(dyn.kept_history) == 24
     for i, kept in enumerate(dyn.kept_history):
         for gi, k in kept.items():
@@ -112,14 +118,7 @@ def test_layer_granularity_decides_whole_branches_per_input():
     with pytest.raises(ValueError, match="granularity"):
         DependentGate(8, in_channels=16, granularity="block")
     model, graph, gates, _ = _gated(granularity="layer", spread=6.0)
-    x = _digits(24)
-    dyn = dynamic_model(model, graph, gates)
-    dyn.record = True
-    with torch.no_grad():
-        ref = model(x)
-        masks = [m.clone() for m in gates.current()]
-        out = dyn(x)
-    assert within_tolerance(float((out - ref).abs().max()), float(ref.abs().max()), atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+    dyn, masks = _exact_dynamic(model, graph, gates, _digits(24))
     for gi in gates.dependent:  # all or nothing, per input
         rows = masks[gi].sum(1)
         assert bool(((rows == 0) | (rows == graph.groups[gi].size)).all())
