@@ -24,6 +24,16 @@ layout), control flow, and in torch the Python around each gated conv.
     python benchmarks/conditional.py [--arch resnet18] [--size 224] [--keep 0.5]
                                      [--backend torch-cpu|ort-cpu] [--granularity channel|layer]
 
+Trained models (`--trained RUN --static STATIC_RUN`): a run of `learn --gate dependent` (or
+static+dependent, any granularity) and, for the comparison, a static run (`learn`, exported to
+STATIC_RUN/slim/slim.pt) from the conditional accuracy suite. Each model runs the same `--inputs`
+test images one at a time, in turn (the dynamic model decides per image), on torch and on
+onnxruntime; the row gives the mean per-image milliseconds, the speedups over the dense
+architecture, the executed FLOPs of those images, and both runs' test accuracy from their rows.
+
+    python benchmarks/conditional.py --trained runs/bench/accuracy/resnet56_L12000-e3_t0.5_s0_cd-dependent \
+        --static runs/bench/accuracy/resnet56_L12000-e3_t0.5_s0_cd-static
+
 Rows go to benchmarks/results/conditional.jsonl; rerunning skips what is there.
 """
 from __future__ import annotations
@@ -43,7 +53,12 @@ def main():
     ap.add_argument("--backend", choices=["torch-cpu", "ort-cpu"], default="torch-cpu")
     ap.add_argument("--granularity", choices=["channel", "layer"], default="channel")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--trained", type=Path, default=None, help="A learn run with data-dependent gates.")
+    ap.add_argument("--static", type=Path, default=None, help="With --trained: a static run exported to RUN/slim.")
+    ap.add_argument("--inputs", type=int, default=32, help="With --trained: test images run in turn.")
     a = ap.parse_args()
+    if a.trained is not None:
+        return trained(a)
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -148,6 +163,99 @@ def main():
     for name in runners:
         sp = row.get(f"speedup_{name}", 1.0)
         print(f"  {name:<15} {row['ms'][name]:7.2f} ms  speedup {sp:.2f}x")
+
+
+def trained(a) -> None:
+    """Real speed of a trained dynamic model against the dense architecture and a static model."""
+    import copy
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from chanprune.data import load_data
+    from chanprune.dynamic import dynamic_model, onnx_dynamic_model
+    from chanprune.export import export_onnx
+    from chanprune.load import GatedModel, load_slim
+    from chanprune.measure.latency import measure_interleaved, ratio_stats
+
+    torch.set_num_threads(2)
+    rows = Rows("conditional")
+    acc = {json.loads(line)["command"].split("--out ")[-1]: json.loads(line)
+           for line in (Path(__file__).parent / "results" / "accuracy.jsonl").read_text().splitlines()
+           if '"suite": "conditional"' in line}
+    dyn_row, static_row = acc.get(str(a.trained)), acc.get(str(a.static))
+    if dyn_row is None or static_row is None:
+        raise SystemExit(f"{a.trained} and {a.static} must be runs of the conditional accuracy suite (rows in accuracy.jsonl)")
+    key = f"trained/{dyn_row['key']}"
+    if key in rows:
+        print(f"{key}: done")
+        return
+    g = GatedModel.load(a.trained)
+    model, graph, gates = g.model.eval(), g.graph, g.gates.eval()
+    shape = list(g.input_shape)
+    bundle = load_data("fashion-mnist", channels=shape[1], size=shape[2], seed=0)
+    xs, _ = next(iter(bundle.test.batches(a.inputs)))
+    with torch.no_grad():
+        ref = model(xs)
+        z = [m.clone() for m in gates.current()]
+    executed = g.flops.ratio_of(z).reshape(-1).double()
+    gates.detach_()
+    dense = copy.deepcopy(model).eval()
+    gates.attach_(model)
+    static, _ = load_slim(a.static / "slim" / "slim.pt")
+    static.eval()
+    diffs = {}
+    models_t = {"dense": dense, "masked": model, "dynamic": dynamic_model(model, graph, gates), "static": static}
+    with torch.no_grad():
+        diffs["torch dynamic"] = float((models_t["dynamic"](xs) - ref).abs().max())
+    one = [xs[i:i + 1] for i in range(len(xs))]
+
+    def torch_runner(m):
+        def run():
+            with torch.inference_mode():
+                for x in one:
+                    m(x)
+        return run
+
+    runners = {f"torch {k}": torch_runner(m) for k, m in models_t.items()}
+    tmp = Path(tempfile.mkdtemp(prefix="conditional-trained-"))
+    onnx_models = {"dense": dense, "static": static, "masked": _WithGates(model, gates),
+                   "gather": onnx_dynamic_model(model, graph, gates, "gather")}
+    if gates.granularity == "layer":
+        onnx_models["if"] = onnx_dynamic_model(model, graph, gates, "if")
+    for name, m in onnx_models.items():
+        path = export_onnx(m, xs[:1], tmp / f"{name}.onnx", dynamic_batch=False, exporter="torchscript")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 2, 1, 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        feeds = [{sess.get_inputs()[0].name: x.numpy()} for x in one]
+        if name in ("masked", "gather", "if"):
+            out = np.concatenate([sess.run(None, f)[0] for f in feeds])
+            diffs[f"ort {name}"] = float(np.abs(out - ref.numpy()).max())
+
+        def run(sess=sess, feeds=feeds):
+            for f in feeds:
+                sess.run(None, f)
+        runners[f"ort {name}"] = run
+    times = measure_interleaved(runners, warmup=2, rounds=a.rounds, per_round=1)
+    per_image = {k: sorted(v)[len(v) // 2] / len(one) for k, v in times.items()}
+    speedup = {k: 1 / ratio_stats(times[k], times[f"{k.split()[0]} dense"])[0] for k in times if not k.endswith("dense")}
+    row = {"key": key, "arch": g.arch, "method": dyn_row["method"], "target": dyn_row["target"], "seed": dyn_row["seed"],
+           "static_method": static_row["method"], "inputs": len(one), "input_shape": shape, "batch": 1, "threads": 2,
+           "granularity": gates.granularity, "executed_flops_ratio": float(executed.mean()),
+           "executed_flops_range": [float(executed.min()), float(executed.max())],
+           "static_flops_ratio": static_row["flops_ratio"], "test_accuracy": dyn_row["test_accuracy"],
+           "static_test_accuracy": static_row["test_accuracy"], "max_abs_diff_vs_gated": diffs,
+           "ms_per_image": per_image, "speedup": speedup, "machine": machine(), "rounds": a.rounds}
+    rows.add(row)
+    print(f"{g.arch} {dyn_row['method']} t={dyn_row['target']} seed {dyn_row['seed']}: executed FLOPs "
+          f"{row['executed_flops_ratio']:.3f} over {len(one)} test images (static {row['static_flops_ratio']:.3f}); "
+          f"test accuracy {row['test_accuracy']:.4f} (static {row['static_test_accuracy']:.4f})")
+    for k in runners:
+        print(f"  {k:<15} {per_image[k]:7.3f} ms per image  speedup {speedup.get(k, 1.0):.2f}x")
 
 
 def _WithGates(model, gates):
