@@ -83,6 +83,10 @@ ABLATIONS = {  # one lever each, against the new default
     "cp-trainable-gate": ["--gate", "trainable"],
     "cp-learn-quarter": ["--max-learn-share", "0.25"],  # freeze by a quarter of the budget, not half
     "cp-old-recipe": ["--no-distill", "@split", "--finetune-schedule", "cosine"],  # the recipe before this wave
+    # a gentler fine-tune: the slim model starts near the baseline (92% val at the freeze), not at
+    # Torch-Pruning's 10%, so the peak learning rate that revives a one-shot cut may undo it
+    "cp-finetune-lr-0.01": ["--finetune-lr", "0.01"],
+    "cp-finetune-lr-0.005": ["--finetune-lr", "0.005"],
 }
 
 

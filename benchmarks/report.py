@@ -244,6 +244,8 @@ LEVERS = {
     "cp-trainable-gate": "the trainable gate of Kim et al. instead of Gumbel",
     "cp-learn-quarter": "freeze at the latest after a quarter of the budget, not half",
     "cp-old-recipe": "the recipe before: no distillation, fixed split, cosine",
+    "cp-finetune-lr-0.01": "fine-tuning's peak learning rate 0.01, not 0.02",
+    "cp-finetune-lr-0.005": "fine-tuning's peak learning rate 0.005, not 0.02",
 }
 
 
