@@ -374,6 +374,32 @@ def latency_accuracy_section() -> list[str]:
     return out + [""]
 
 
+def conditional_trained_section() -> list[str]:
+    rows = [r for r in load("conditional") if r["key"].startswith("trained/")]
+    if not rows:
+        return []
+    out = ["#### Trained: the dynamic model against the static model of the same budget (batch 1)", "",
+           ("`python benchmarks/conditional.py --trained RUN --static STATIC_RUN` (rows: "
+            "`benchmarks/results/conditional.jsonl`, keys `trained/...`). The runs of the conditional accuracy suite "
+            "(below), timed on the same test images one at a time, in turn (each image takes its own path), 2 threads. "
+            "Speedups over the dense architecture on the same backend; static: the suite's cd-static slim model "
+            "(exported without `--round-to`). torch dynamic: `dynamic_model`; ort: `onnx_dynamic_model` by gathers, or "
+            f"`if` at layer granularity. Machine: {machines(rows)}."), "",
+           "| arch | method (t, seed) | executed FLOPs (range) | test acc. | static: FLOPs, test acc. | torch: masked | "
+           "torch: dynamic | torch: static | ort: masked | ort: gather | ort: if | ort: static |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sp = r["speedup"]
+        cell = (lambda k: f"{sp[k]:.2f}x" if k in sp else "-")  # noqa: E731
+        lo, hi = r["executed_flops_range"]
+        out.append(f"| {r['arch']} | {r['method']} ({r['target']}, {r['seed']}) | {r['executed_flops_ratio']:.3f} "
+                   f"({lo:.2f}-{hi:.2f}) | {pct(r['test_accuracy'])} | {r['static_flops_ratio']:.3f}, "
+                   f"{pct(r['static_test_accuracy'])} | {cell('torch masked')} | {cell('torch dynamic')} | "
+                   f"{cell('torch static')} | {cell('ort masked')} | {cell('ort gather')} | {cell('ort if')} | "
+                   f"{cell('ort static')} |")
+    return out + [""]
+
+
 def conditional_accuracy_section() -> list[str]:
     rows = load("accuracy")
     runs = [r for r in rows if r.get("suite") == "conditional"]
@@ -476,7 +502,7 @@ def costs_section() -> list[str]:
 
 
 def conditional_section() -> list[str]:
-    rows = load("conditional")
+    rows = [r for r in load("conditional") if not r["key"].startswith("trained/")]
     if not rows:
         return []
     out = ["### Conditional computation: does skipping reach the wall clock? (CPU, batch 1)", "",
@@ -525,7 +551,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():
