@@ -16,8 +16,9 @@ from torch import nn
 from ._registry import Registry
 from .graph import ChannelGraph
 
-__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "StaticDependentGate", "trainable_gate", "GateSet", "attach_gates",
-           "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites", "EVAL_MODES", "GRANULARITIES"]
+__all__ = ["Gate", "GumbelGate", "TrainableGate", "BlockGate", "DependentGate", "StaticDependentGate", "trainable_gate",
+           "GateSet", "attach_gates", "register_gate", "make_gate", "gate_kind", "list_gates", "dependent_sites",
+           "EVAL_MODES", "GRANULARITIES"]
 
 EVAL_MODES = ("threshold", "stochastic")
 # channel: a decision per channel; layer: one per gated group, for the inner group of a residual
