@@ -249,6 +249,14 @@ LEVERS = {
 }
 
 
+def _train_time(rs) -> str:
+    """Mean train seconds over the rows not timed beside other jobs (`contended`), saying how many."""
+    quiet = [r["train_seconds"] for r in rs if not r.get("contended")]
+    if not quiet:
+        return "-"
+    return f"{statistics.fmean(quiet):.0f} s" + (f" ({len(quiet)} of {len(rs)} seeds)" if len(quiet) < len(rs) else "")
+
+
 def _paired(cell, arch, setup, t, method, ref="chanprune"):
     """ref minus method, per shared seed."""
     return [cell[(arch, setup, t, s, ref)]["test_accuracy"] - cell[(arch, setup, t, s, method)]["test_accuracy"]
@@ -309,7 +317,7 @@ def accuracy_section() -> list[str]:
                     out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
                                f"{pct(statistics.fmean(r['val_after_pruning'] for r in rs))} | "
                                f"{pct(means[m])} ± {100 * sd:.2f} | {change} | {paired} | "
-                               f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} s | {len(rs)} |")
+                               f"{_train_time(rs)} | {len(rs)} |")
                 goals += _goals(arch, setup, t, means, b, cell)
     out += [""] + goals
     if ablation:
@@ -365,12 +373,9 @@ def latency_accuracy_section() -> list[str]:
             paired = "-" if m == "cp-latency" or not diffs else (
                 f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
                 + f" (wins {sum(d > 0 for d in diffs)}/{len(diffs)})")
-            quiet = [r["train_seconds"] for r in rs if not r.get("contended")]  # timed beside other jobs: left out
-            train = (f"{statistics.fmean(quiet):.0f} s" + (f" ({len(quiet)} of {len(rs)} seeds)" if len(quiet) < len(rs) else "")
-                     if quiet else "-")
             out.append(f"| {arch} | {setup} | {t} | {m} | {statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
                        f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
-                       f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {train} | {len(rs)} |")
+                       f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} | {len(rs)} |")
     return out + [""]
 
 
@@ -438,7 +443,7 @@ def conditional_accuracy_section() -> list[str]:
             change = f"{100 * (statistics.fmean(acc) - b['test_accuracy']):+.2f}" if b else "-"
             out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['flops_ratio'] for r in rs):.3f}{rng} | "
                        f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {change} | {paired} | "
-                       f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} s | {len(rs)} |")
+                       f"{_train_time(rs)} | {len(rs)} |")
             if m != "cd-static" and len(diffs) > 1:
                 gap, spread = statistics.fmean(diffs), statistics.stdev(diffs)
                 holds = gap > spread
