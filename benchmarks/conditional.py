@@ -171,14 +171,13 @@ def trained(a) -> None:
     import json
 
     import numpy as np
-    import onnxruntime as ort
     import torch
 
     from chanprune.data import load_data
     from chanprune.dynamic import dynamic_model, onnx_dynamic_model
     from chanprune.export import export_onnx
     from chanprune.load import GatedModel, load_slim
-    from chanprune.measure.latency import measure_interleaved, ratio_stats
+    from chanprune.measure.latency import make_session, measure_interleaved, ratio_stats
 
     torch.set_num_threads(2)
     rows = Rows("conditional")
@@ -227,10 +226,7 @@ def trained(a) -> None:
         onnx_models["if"] = onnx_dynamic_model(model, graph, gates, "if")
     for name, m in onnx_models.items():
         path = export_onnx(m, xs[:1], tmp / f"{name}.onnx", dynamic_batch=False, exporter="torchscript")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 2, 1, 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = make_session(path, "ort-cpu", threads=2)
         feeds = [{sess.get_inputs()[0].name: x.numpy()} for x in one]
         if name in ("masked", "gather", "if"):
             out = np.concatenate([sess.run(None, f)[0] for f in feeds])

@@ -249,6 +249,14 @@ LEVERS = {
 }
 
 
+def _paired_cell(diffs, count: str = "wins") -> str:
+    """Paired differences (fractions) as points: mean, ± sd over seeds, and in how many the first is ahead."""
+    if not diffs:
+        return "-"
+    return (f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
+            + f" ({count} {sum(d > 0 for d in diffs)}/{len(diffs)})")
+
+
 def _train_time(rs) -> str:
     """Mean train seconds over the rows not timed beside other jobs (`contended`), saying how many."""
     quiet = [r["train_seconds"] for r in rs if not r.get("contended")]
@@ -310,9 +318,7 @@ def accuracy_section() -> list[str]:
                     means[m] = statistics.fmean(acc)
                     sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
                     diffs = _paired(cell, arch, setup, t, m)
-                    paired = "-" if m == "chanprune" or not diffs else (
-                        f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
-                        + f" (wins {sum(d > 0 for d in diffs)}/{len(diffs)})")
+                    paired = "-" if m == "chanprune" else _paired_cell(diffs)
                     change = f"{100 * (means[m] - b['test_accuracy']):+.2f}" if b else "-"
                     out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
                                f"{pct(statistics.fmean(r['val_after_pruning'] for r in rs))} | "
@@ -370,9 +376,7 @@ def latency_accuracy_section() -> list[str]:
             acc = [r["test_accuracy"] for r in rs]
             sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
             diffs = _paired(cell, arch, setup, t, m, ref="cp-latency")
-            paired = "-" if m == "cp-latency" or not diffs else (
-                f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
-                + f" (wins {sum(d > 0 for d in diffs)}/{len(diffs)})")
+            paired = "-" if m == "cp-latency" else _paired_cell(diffs)
             out.append(f"| {arch} | {setup} | {t} | {m} | {statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
                        f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
                        f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} | {len(rs)} |")
@@ -435,9 +439,7 @@ def conditional_accuracy_section() -> list[str]:
             acc = [r["test_accuracy"] for r in rs]
             sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
             diffs = [-d for d in _paired(cell, arch, setup, t, m, ref="cd-static")]
-            paired = "-" if m == "cd-static" or not diffs else (
-                f"{100 * statistics.fmean(diffs):+.2f}" + (f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
-                + f" (ahead {sum(d > 0 for d in diffs)}/{len(diffs)})")
+            paired = "-" if m == "cd-static" else _paired_cell(diffs, "ahead")
             lo, hi = min(r.get("flops_min", r["flops_ratio"]) for r in rs), max(r.get("flops_max", r["flops_ratio"]) for r in rs)
             rng = "" if m == "cd-static" else f"; {lo:.2f}-{hi:.2f}"
             change = f"{100 * (statistics.fmean(acc) - b['test_accuracy']):+.2f}" if b else "-"

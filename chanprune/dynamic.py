@@ -87,11 +87,15 @@ class _DynamicConv(nn.Module):
 
 
 def _out_size(c: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
-    out = []
-    for i, n in enumerate(x.shape[2:]):
-        k, s, p, d = c.kernel_size[i], c.stride[i], c.padding[i], c.dilation[i]
-        out.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
-    return out[0], out[1]
+    return _out_hw(x, list(c.kernel_size), list(c.stride), list(c.padding), list(c.dilation))
+
+
+def _out_hw(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
+            dilation: list[int]) -> tuple[int, int]:
+    """A 2d conv's output height and width for input x (scriptable: `_if_conv` calls it)."""
+    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return h, w
 
 
 class _DynamicBN(nn.Module):
@@ -248,8 +252,7 @@ def _if_conv(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     alone (a consumer: its inputs are all off). Scripted, it is an ONNX `If`."""
     if bool(on):
         return F.conv2d(x, w, b, stride, padding, dilation)
-    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (w.shape[2] - 1) - 1) // stride[0] + 1
-    wd = (x.shape[3] + 2 * padding[1] - dilation[1] * (w.shape[3] - 1) - 1) // stride[1] + 1
+    h, wd = _out_hw(x, [w.shape[2], w.shape[3]], stride, padding, dilation)
     if consumes:
         return b.view(1, -1, 1, 1).expand(x.shape[0], b.shape[0], h, wd).contiguous()
     return torch.zeros([x.shape[0], w.shape[0], h, wd], dtype=x.dtype)

@@ -116,11 +116,10 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     cands = []  # (p, group index, first channel, channels)
     for gi, gp in enumerate(plan.groups):
         g = graph.group(gp.name)
-        blocks = (units[gi] if units is not None and units[gi] is not None else [[c] for c in range(gp.size)])
-        blocks = [b for b in blocks if b]
         one = gp.name in whole
-        if one:
-            blocks = [list(range(gp.size))]
+        blocks = ([list(range(gp.size))] if one else
+                  units[gi] if units is not None and units[gi] is not None else [[c] for c in range(gp.size)])
+        blocks = [b for b in blocks if b]
         if g.partition or (not gp.keep and not one) or gp.probs is None:
             continue
         kept = set(gp.keep)

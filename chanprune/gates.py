@@ -55,6 +55,11 @@ class Gate(nn.Module):
     def config(self) -> dict:
         return {}
 
+    def network_parameters(self) -> list[nn.Parameter]:
+        """The parameters of a gate network (a data-dependent gate's MLP), which learn at their own
+        step size; the rest of a gate's parameters are logits. None by default."""
+        return []
+
     def init_from_scores_(self, scores: torch.Tensor) -> None:
         """Start from an importance score per channel (higher: keep), where the kind can."""
         raise NotImplementedError(f"gate kind {self.kind!r} cannot start from importance scores")
@@ -289,6 +294,9 @@ class DependentGate(Gate):
         return {"in_channels": self.in_channels, "hidden": self.hidden, "init": list(self.init),
                 "temperature": self.temperature, "granularity": self.granularity}
 
+    def network_parameters(self) -> list[nn.Parameter]:
+        return [*self.fc1.parameters(), *self.bn.parameters(), *self.fc2.parameters()]
+
 
 @register_gate("static+dependent")
 class StaticDependentGate(DependentGate):
@@ -311,12 +319,8 @@ class StaticDependentGate(DependentGate):
         return super().sample_from(x) * self._channels(self.static.sample(x.shape[0]))
 
     def mask_from(self, x: torch.Tensor, mode: str, *, tau: float = 0.5) -> torch.Tensor:
-        if mode == "threshold":
-            static = (self.probs() > tau).to(x.dtype).unsqueeze(0)
-            return (self.probs_from(x) > tau).to(x.dtype) * static
-        if mode == "stochastic":
-            return self.sample_from(x)
-        raise ValueError(f"unknown gate inference mode {mode!r}; choose one of {EVAL_MODES}")
+        z = super().mask_from(x, mode, tau=tau)  # stochastic: `sample_from` draws the static part too
+        return z * (self.probs() > tau).to(x.dtype).unsqueeze(0) if mode == "threshold" else z
 
 
 class _OpenGate(Gate):

@@ -189,14 +189,9 @@ def _optimizers(model: nn.Module, gates: GateSet | None, config: TrainConfig, to
         # `dependent_gate_lr`; a static part (static+dependent) stays with the logits.
         n_gates = sum(g.num_channels for g in gates.gates)
         wd = config.weight_decay * 20 / max(n_gates, 1)
-        logits, network = [], []
-        for g in gates.gates:
-            if getattr(g, "input_dependent", False):
-                static = set(map(id, g.static.parameters())) if hasattr(g, "static") else set()
-                for q in g.parameters():
-                    (logits if id(q) in static else network).append(q)
-            else:
-                logits += list(g.parameters())
+        network = [q for g in gates.gates for q in g.network_parameters()]
+        ids = set(map(id, network))
+        logits = [q for q in gates.parameters() if id(q) not in ids]
         groups = [{"params": ps, "lr": lr} for ps, lr in ((logits, config.gate_lr),
                                                            (network, getattr(config, "dependent_gate_lr", 0.01))) if ps]
         if groups:

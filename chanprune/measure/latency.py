@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_runner", "measure_interleaved", "ratio_stats"]
+__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_session", "make_runner", "measure_interleaved", "ratio_stats"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 
@@ -49,21 +49,26 @@ def available_backends() -> dict[str, str | None]:
     }
 
 
+def make_session(target, backend: str, *, threads: int):
+    """An onnxruntime session on `target` (an ONNX path) with the deployment's settings."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # No spin-waiting: A/B rounds keep several sessions alive, and the spinning thread pool of the
+    # session that just ran steals the cores from the next one (on 2 cores resnet18 at batch 1
+    # measured 13-17 ms with spinning, 12.8 ms without, and the speedup's spread fell from ±8% to ±1%).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(target), sess_options=opts, providers=providers)
+
+
 def make_runner(target, backend: str, shape: list[int], *, threads: int) -> Callable[[], None]:
     """A no-argument callable that runs one batch. `target` is an ONNX path for ort-*, a module for torch-*."""
     if backend.startswith("ort"):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # No spin-waiting: A/B rounds keep several sessions alive, and the spinning thread pool of the
-        # session that just ran steals the cores from the next one (on 2 cores resnet18 at batch 1
-        # measured 13-17 ms with spinning, 12.8 ms without, and the speedup's spread fell from ±8% to ±1%).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(target), sess_options=opts, providers=providers)
+        sess = make_session(target, backend, threads=threads)
         name = sess.get_inputs()[0].name
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         return lambda: sess.run(None, {name: x})
