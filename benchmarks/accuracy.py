@@ -38,7 +38,11 @@ target t, four ways to spend it:
   cd-dependent-layer      the same at `--granularity layer`: one decision per residual branch (AIG-style)
   cd-static+dependent     `learn --gate static+dependent`: both, learned together
 Test accuracy on the whole test split, threshold at tau; FLOPs: the slim model's (static), or each test
-input's executed FLOPs averaged (the others).
+input's executed FLOPs averaged (the others). `--image-size 64` learns at 64 px (resnet18 from the latency
+grid's 64 px baseline, given as --baseline: the plans that benchmarks/conditional.py --trained times at 224).
+`--modes K` also evaluates each run in the paper's inference modes (section 3): threshold at tau,
+stochastic, and an ensemble of K stochastic runs, each with its accuracy and executed cost per input
+(`chanprune eval --mode ...`; rows keyed modes/...).
 
 The latency suite: accuracy at equal *measured* latency, on a model nobody here trained. The
 baseline is benchmarks/latency_budget.py's: EfficientNet-Lite0 with its ImageNet weights, moved to
@@ -155,7 +159,7 @@ CONDITIONAL = {"cd-static": [], "cd-dependent": ["--gate", "dependent"],
 
 def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
     """One row of the conditional suite (see the module's docstring)."""
-    tag = setup_tag(a.limit, a.epochs)
+    tag = setup_tag(a.limit, a.epochs) + (f"-{a.image_size}px" if a.image_size else "")
     key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
     if key in rows:
         return rows.get(key)
@@ -164,8 +168,9 @@ def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: 
     from chanprune.evaluate import eval_model
 
     run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
+    size = ["--image-size", str(a.image_size)] if a.image_size else []
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
-            "--target", str(t), "--epochs", str(a.epochs), "--seed", str(seed), *CONDITIONAL[method]]
+            "--target", str(t), "--epochs", str(a.epochs), "--seed", str(seed), *size, *CONDITIONAL[method]]
     t0 = time.perf_counter()
     run_stage(args, run, done=run_finished(run))
     seconds = time.perf_counter() - t0
@@ -184,6 +189,30 @@ def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: 
         row.update(flops_ratio=ex["mean"], flops_min=ex["min"], flops_max=ex["max"],
                    test_accuracy=result["test_accuracy"])
     return rows.add(row)
+
+
+def inference_modes(rows: Rows, r: dict, samples: int) -> None:
+    """The paper's inference modes (section 3) of one conditional-suite run: `eval --mode threshold`,
+    `stochastic` and `ensemble --samples K`, each with its accuracy and executed cost per input."""
+    from chanprune.evaluate import eval_model
+
+    run = Path(r["command"].split("--out ")[-1])
+    for mode in ("threshold", "stochastic", "ensemble"):
+        key = f"modes/{r['key']}/{mode}" + (f"{samples}" if mode == "ensemble" else "")
+        if key in rows:
+            continue
+        t0 = time.perf_counter()
+        res = eval_model(run / "model.pt", data="fashion-mnist", mode=mode, samples=samples)
+        c = res["cost"]
+        rows.add({"key": key, "suite": "modes", "arch": r["arch"], "setup": r["setup"], "target": r["target"],
+                  "seed": r["seed"], "method": r["method"], "mode": mode, "samples": res["samples"],
+                  "test_accuracy": res["accuracy"], "cost_mean": c["mean"], "cost_min": c["min"],
+                  "cost_max": c["max"], "cost_histogram": c["histogram"],
+                  "eval_seconds": round(time.perf_counter() - t0, 1),
+                  "command": f"chanprune eval {run / 'model.pt'} --data fashion-mnist --mode {mode}"
+                             + (f" --samples {samples}" if mode == "ensemble" else "")})
+        print(f"  {r['method']:<22} {mode:<10} test {res['accuracy']:.4f}  cost {c['mean']:.3f} "
+              f"({c['min']:.2f}-{c['max']:.2f})", flush=True)
 
 
 _MATCHED: dict = {}
@@ -427,8 +456,17 @@ def main():
     ap.add_argument("--methods", default=None, help="Default: the suite's.")
     ap.add_argument("--epochs", type=int, default=None, help=f"Default: {EPOCHS} (2 for --suite latency).")
     ap.add_argument("--limit", type=int, default=LIMIT)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="--suite conditional: learn at this size (e.g. 64 for resnet18 with a 64 px --baseline).")
+    ap.add_argument("--modes", type=int, default=0, metavar="K",
+                    help="--suite conditional: also evaluate each run in the inference modes (threshold, stochastic, "
+                         "an ensemble of K stochastic runs).")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
     a = ap.parse_args()
+    if a.image_size and a.suite != "conditional":
+        ap.error("--image-size: only --suite conditional takes it (the other suites fix their sizes)")
+    if a.modes and a.suite != "conditional":
+        ap.error("--modes: only --suite conditional takes it (the runs with gates to sample)")
     import torch
 
     torch.set_num_threads(2)
@@ -460,6 +498,8 @@ def main():
                 after = f"  after pruning (val) {r['val_after_pruning']:.4f}" if "val_after_pruning" in r else ""
                 print(f"{r['method']:<22} t={t} seed {seed}: FLOPs {r['flops_ratio']:.3f}{after}  "
                       f"test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s", flush=True)
+                if cond and a.modes:
+                    inference_modes(rows, r, a.modes)
 
 
 if __name__ == "__main__":

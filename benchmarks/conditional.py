@@ -30,9 +30,15 @@ STATIC_RUN/slim/slim.pt) from the conditional accuracy suite. Each model runs th
 test images one at a time, in turn (the dynamic model decides per image), on torch and on
 onnxruntime; the row gives the mean per-image milliseconds, the speedups over the dense
 architecture, the executed FLOPs of those images, and both runs' test accuracy from their rows.
+`--size S` deploys at S x S (the test images resized): plans learned at 64 px, timed at 224, as the
+latency grid does; the executed FLOPs are then those of the learned size's cost model.
 
     python benchmarks/conditional.py --trained runs/bench/accuracy/resnet56_L12000-e3_t0.5_s0_cd-dependent \
         --static runs/bench/accuracy/resnet56_L12000-e3_t0.5_s0_cd-static
+
+Where the time goes (`--backend ort-cpu --profile`): the same models through onnxruntime's own profiler
+(benchmarks/why.py's), kernel time per kind of node: blocked (NCHWc) and plain convs, the gathers and
+NonZero of the `gather` way, an If's own time (its branch's nodes counted on their own), reorders.
 
 Rows go to benchmarks/results/conditional.jsonl; rerunning skips what is there.
 """
@@ -48,7 +54,8 @@ from _common import Rows, machine
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=None,
+                    help="Input size (default 224; with --trained: the size the run learned at, upsampled from there).")
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--backend", choices=["torch-cpu", "ort-cpu"], default="torch-cpu")
     ap.add_argument("--granularity", choices=["channel", "layer"], default="channel")
@@ -56,9 +63,13 @@ def main():
     ap.add_argument("--trained", type=Path, default=None, help="A learn run with data-dependent gates.")
     ap.add_argument("--static", type=Path, default=None, help="With --trained: a static run exported to RUN/slim.")
     ap.add_argument("--inputs", type=int, default=32, help="With --trained: test images run in turn.")
+    ap.add_argument("--profile", action="store_true",
+                    help="With --backend ort-cpu: onnxruntime's own profile of each model, kernel time by kind of node "
+                         "(rows keyed profile/...), instead of the timing.")
     a = ap.parse_args()
     if a.trained is not None:
         return trained(a)
+    a.size = a.size or 224
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -77,6 +88,10 @@ def main():
     torch.set_num_threads(2)
     rows = Rows("conditional")
     key = f"{a.arch}/{a.size}/keep{a.keep}/{a.backend}/b1" + ("/layer" if a.granularity == "layer" else "")
+    if a.profile:
+        if a.backend != "ort-cpu":
+            raise SystemExit("--profile: onnxruntime's profiler; add --backend ort-cpu")
+        key = f"profile/{key}"
     if key in rows:
         print(f"{key}: done")
         return
@@ -145,6 +160,18 @@ def main():
             if name != "dense":
                 diffs[name] = float((out - ref).abs().max())
             runners[name] = make_runner(path, "ort-cpu", shape, threads=2)
+        if a.profile:  # the same input as the runners (make_runner's), so the same decisions
+            from why import profile
+
+            row = {"key": key, "arch": a.arch, "size": a.size, "keep": a.keep, "backend": a.backend,
+                   "granularity": a.granularity, "batch": 1, "threads": 2, "executed_flops_ratio": flops_ratio,
+                   "runs": 50, "machine": machine(),
+                   "models": {name: profile(tmp / f"{name}.onnx", 1, 50) for name in models}}
+            rows.add(row)
+            for name, p in row["models"].items():
+                top = ", ".join(f"{k} {v:.2f}" for k, v in list(p["ms_per_kind"].items())[:7])
+                print(f"{name:<15} {p['ms_total']:.2f} ms in kernels: {top}")
+            return
     times = measure_interleaved(runners, warmup=5, rounds=a.rounds, per_round=5)
     row = {"key": key, "arch": a.arch, "size": a.size, "keep": a.keep, "backend": a.backend,
            "granularity": a.granularity, "batch": 1, "threads": 2, "executed_flops_ratio": flops_ratio,
@@ -187,13 +214,14 @@ def trained(a) -> None:
     dyn_row, static_row = acc.get(str(a.trained)), acc.get(str(a.static))
     if dyn_row is None or static_row is None:
         raise SystemExit(f"{a.trained} and {a.static} must be runs of the conditional accuracy suite (rows in accuracy.jsonl)")
-    key = f"trained/{dyn_row['key']}"
+    g = GatedModel.load(a.trained)
+    learned = list(g.input_shape)
+    key = f"trained/{dyn_row['key']}" + (f"/at{a.size}" if a.size and a.size != learned[2] else "")
     if key in rows:
         print(f"{key}: done")
         return
-    g = GatedModel.load(a.trained)
     model, graph, gates = g.model.eval(), g.graph, g.gates.eval()
-    shape = list(g.input_shape)
+    shape = learned[:2] + [a.size or learned[2]] * 2
     bundle = load_data("fashion-mnist", channels=shape[1], size=shape[2], seed=0)
     xs, _ = next(iter(bundle.test.batches(a.inputs)))
     with torch.no_grad():
@@ -240,7 +268,7 @@ def trained(a) -> None:
     per_image = {k: sorted(v)[len(v) // 2] / len(one) for k, v in times.items()}
     speedup = {k: 1 / ratio_stats(times[k], times[f"{k.split()[0]} dense"])[0] for k in times if not k.endswith("dense")}
     row = {"key": key, "arch": g.arch, "method": dyn_row["method"], "target": dyn_row["target"], "seed": dyn_row["seed"],
-           "static_method": static_row["method"], "inputs": len(one), "input_shape": shape, "batch": 1, "threads": 2,
+           "static_method": static_row["method"], "inputs": len(one), "input_shape": shape, "learned_shape": learned, "batch": 1, "threads": 2,
            "granularity": gates.granularity, "executed_flops_ratio": float(executed.mean()),
            "executed_flops_range": [float(executed.min()), float(executed.max())],
            "static_flops_ratio": static_row["flops_ratio"], "test_accuracy": dyn_row["test_accuracy"],

@@ -274,7 +274,7 @@ def _paired(cell, arch, setup, t, method, ref="chanprune"):
 def accuracy_section() -> list[str]:
     rows = load("accuracy")
     runs = [r for r in rows if r.get("method") not in (None, "baseline") and r.get("setup")
-            and r.get("suite") not in ("latency", "conditional")]
+            and r.get("suite") not in ("latency", "conditional", "modes")]
     if not runs:
         return []
     base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
@@ -394,19 +394,34 @@ def conditional_trained_section() -> list[str]:
             "Speedups over the dense architecture on the same backend; static: the suite's cd-static slim model "
             "(exported without `--round-to`). torch dynamic: `dynamic_model`; ort: `onnx_dynamic_model` by gathers, or "
             f"`if` at layer granularity. Machine: {machines(rows)}."), "",
-           "| arch | method (t, seed) | executed FLOPs (range) | test acc. | static: FLOPs, test acc. | torch: masked | "
-           "torch: dynamic | torch: static | ort: masked | ort: gather | ort: if | ort: static |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| arch | input (learned at) | method (t, seed) | executed FLOPs (range) | test acc. | static: FLOPs, test acc. | "
+           "torch: masked | torch: dynamic | torch: static | ort: masked | ort: gather | ort: if | ort: static | "
+           "dynamic measured / predicted (torch, ort) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for r in rows:
         sp = r["speedup"]
         cell = (lambda k: f"{sp[k]:.2f}x" if k in sp else "-")  # noqa: E731
         lo, hi = r["executed_flops_range"]
-        out.append(f"| {r['arch']} | {r['method']} ({r['target']}, {r['seed']}) | {r['executed_flops_ratio']:.3f} "
-                   f"({lo:.2f}-{hi:.2f}) | {pct(r['test_accuracy'])} | {r['static_flops_ratio']:.3f}, "
-                   f"{pct(r['static_test_accuracy'])} | {cell('torch masked')} | {cell('torch dynamic')} | "
-                   f"{cell('torch static')} | {cell('ort masked')} | {cell('ort gather')} | {cell('ort if')} | "
-                   f"{cell('ort static')} |")
-    return out + [""]
+        size, learned = r["input_shape"][-1], r.get("learned_shape", r["input_shape"])[-1]
+        best = {b: max(v for k, v in sp.items() if k.startswith(b) and k.split()[1] in ("dynamic", "gather", "if"))
+                for b in ("torch", "ort")}
+        fid = ", ".join(f"{best[b] * r['executed_flops_ratio']:.2f}" for b in ("torch", "ort"))
+        out.append(f"| {r['arch']} | {size} ({learned}) | {r['method']} ({r['target']}, {r['seed']}) | "
+                   f"{r['executed_flops_ratio']:.3f} ({lo:.2f}-{hi:.2f}) | {pct(r['test_accuracy'])} | "
+                   f"{r['static_flops_ratio']:.3f}, {pct(r['static_test_accuracy'])} | {cell('torch masked')} | "
+                   f"{cell('torch dynamic')} | {cell('torch static')} | {cell('ort masked')} | {cell('ort gather')} | "
+                   f"{cell('ort if')} | {cell('ort static')} | {fid} |")
+        acc = "more" if r["test_accuracy"] > r["static_test_accuracy"] else "less"
+        faster = [b for b in ("torch", "ort") if best[b] > sp[f"{b} static"]]
+        notes.append(f"- {r['arch']} at {size}, {r['method']} (t={r['target']}, seed {r['seed']}): the dynamic model is "
+                     f"{acc} accurate than the static one ({pct(r['test_accuracy'])} against "
+                     f"{pct(r['static_test_accuracy'])}) and "
+                     + ("faster on " + " and ".join(faster) if faster else "slower on both backends")
+                     + f" (best dynamic {best['torch']:.2f}x / {best['ort']:.2f}x against static "
+                     f"{sp['torch static']:.2f}x / {sp['ort static']:.2f}x, torch / onnxruntime): the goal "
+                     + ("is met" if faster and acc == "more" else "is missed") + ".")
+    return out + [""] + notes + [""]
 
 
 def conditional_accuracy_section() -> list[str]:
@@ -457,7 +472,33 @@ def conditional_accuracy_section() -> list[str]:
                              f"{fl:.3f} average FLOPs against {static:.3f}: the claim "
                              f"{'holds' if holds else 'does not hold'} here"
                              + (" (but not at equal FLOPs)" if holds and fl > static + 0.02 else "") + ".")
-    return out + [""] + notes + ([""] if notes else [])
+    return out + [""] + notes + ([""] if notes else []) + _modes_table(rows)
+
+
+def _modes_table(rows) -> list[str]:
+    modes = [r for r in rows if r.get("suite") == "modes"]
+    if not modes:
+        return []
+    out = ["#### Inference modes (paper, section 3)", "",
+           ("`python benchmarks/accuracy.py --suite conditional --seeds S --targets t --modes K`: each run of the table "
+            "above through `chanprune eval --mode threshold|stochastic|ensemble --samples K`. threshold: the gates at "
+            "tau (what the dynamic model deploys); stochastic: every gate draws a sample per input; ensemble: the mean "
+            "class probabilities of K stochastic runs, its cost the sum of theirs. Cost: executed FLOPs per test "
+            "input as a fraction of the dense model's, mean (min-max)."), "",
+           "| arch | target | seed | method | threshold: test, cost | stochastic: test, cost | ensemble: test, cost |",
+           "|---|---|---|---|---|---|---|"]
+    cell = {}
+    for r in modes:
+        cell.setdefault((r["arch"], r["setup"], r["target"], r["seed"], r["method"]), {})[r["mode"]] = r
+    for (arch, _, t, seed, m), by in cell.items():
+        def fmt(mode):
+            r = by.get(mode)
+            if r is None:
+                return "-"
+            k = f" (K={r['samples']})" if mode == "ensemble" else ""
+            return f"{pct(r['test_accuracy'])}, {r['cost_mean']:.3f} ({r['cost_min']:.2f}-{r['cost_max']:.2f}){k}"
+        out.append(f"| {arch} | {t} | {seed} | {m} | {fmt('threshold')} | {fmt('stochastic')} | {fmt('ensemble')} |")
+    return out + [""]
 
 
 def _goals(arch, setup, t, means, b, cell) -> list[str]:
@@ -509,7 +550,7 @@ def costs_section() -> list[str]:
 
 
 def conditional_section() -> list[str]:
-    rows = [r for r in load("conditional") if not r["key"].startswith("trained/")]
+    rows = [r for r in load("conditional") if not r["key"].startswith(("trained/", "profile/"))]
     if not rows:
         return []
     out = ["### Conditional computation: does skipping reach the wall clock? (CPU, batch 1)", "",
@@ -537,6 +578,51 @@ def conditional_section() -> list[str]:
     return out + [""]
 
 
+# onnxruntime op types of the dynamic models, by what they are there for (convs are split by layout apart)
+_PROFILE_GROUPS = {
+    "gate network and decisions": ("ReduceMean", "MatMul", "Gemm", "FusedGemm", "Sigmoid", "Sub", "Greater", "Cast", "Softmax"),
+    "indexing: Gather, NonZero, shapes": ("Gather", "NonZero", "GatherElements", "Reshape", "Concat", "Slice", "Shape",
+                                          "Squeeze", "Unsqueeze", "Expand", "Where", "Equal", "ConstantOfShape",
+                                          "ScatterND", "Transpose", "Flatten", "Split"),
+    "BatchNormalization, Relu, Add, Mul (unfused)": ("BatchNormalization", "Relu", "Add", "Mul", "Sum"),
+    "If (its own time)": ("If",),
+    "reorders": ("ReorderInput", "ReorderOutput"),
+}
+
+
+def _profile_groups(kinds: dict) -> dict:
+    out = {"convs NCHWc": 0.0, "convs NCHW": 0.0, **{k: 0.0 for k in _PROFILE_GROUPS}, "other": 0.0}
+    for kind, ms in kinds.items():
+        if "conv (" in kind:
+            out["convs NCHWc" if "NCHWc" in kind else "convs NCHW"] += ms
+            continue
+        out[next((g for g, ops in _PROFILE_GROUPS.items() if kind in ops), "other")] += ms
+    return out
+
+
+def conditional_profile_section() -> list[str]:
+    rows = [r for r in load("conditional") if r["key"].startswith("profile/")]
+    if not rows:
+        return []
+    heads = ["convs NCHWc", "convs NCHW", *_PROFILE_GROUPS, "other"]
+    out = ["#### Where the time goes on onnxruntime (batch 1, the mechanism's models)", "",
+           ("`python benchmarks/conditional.py --arch A --size S --backend ort-cpu --granularity G --profile` (rows: "
+            "`benchmarks/results/conditional.jsonl`, keys `profile/...`): the same models and input as the timing "
+            "rows above, through onnxruntime's own profiler (benchmarks/why.py's), kernel milliseconds per run, "
+            "by what the nodes are for. Convs: channels-blocked (NCHWc, weights pre-packed) or plain NCHW. An If's own "
+            "time excludes its branch's nodes, which are counted in their groups. Batch norm and ReLU fold into "
+            "the conv only where the conv's weights are constants of the main graph, so the dynamic models run "
+            f"them on their own. Machine: {machines(rows)}."), "",
+           "| arch | input | gates | model | kernel ms | " + " | ".join(heads) + " |",
+           "|---|---|---|---|---|" + "---|" * len(heads)]
+    for r in rows:
+        for name, p in r["models"].items():
+            g = _profile_groups(p["ms_per_kind"])
+            out.append(f"| {r['arch']} | {r['size']}x{r['size']} | {r['granularity']} | {name} | {p['ms_total']:.2f} | "
+                       + " | ".join(f"{g[h]:.2f}" for h in heads) + " |")
+    return out + [""]
+
+
 def guard_section() -> list[str]:
     plans = [(name, path) for name, path in (("flops", HERE / "baseline.json"), ("latency", HERE / "baseline_latency.json"))
              if path.is_file()]
@@ -558,7 +644,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():

@@ -42,8 +42,9 @@ def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
         optimized = Path(tmp) / "optimized.onnx"
         ort.InferenceSession(str(onnx_path), sess_options=_options(optimized_model_filepath=str(optimized)), providers=cpu)
         graph = onnx.load(str(optimized)).graph
-        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in graph.node)
-        kinds = {n.name: _kind(n) for n in graph.node}
+        every, inside = _nodes(graph)
+        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in every)
+        kinds = {n.name: _kind(n) for n in every}
         sess = ort.InferenceSession(str(onnx_path), providers=cpu, sess_options=_options(
             enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof")))
         inp = sess.get_inputs()[0]
@@ -52,15 +53,38 @@ def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
             sess.run(None, {inp.name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
     seen, per_op, per_kind = Counter(), defaultdict(float), defaultdict(float)
+    nested = 0.0
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             seen[e["name"]] += 1
             if seen[e["name"]] > warmup:  # the warm-up runs are in the profile too
                 ms = e["dur"] / 1000.0 / runs
+                name = e["name"][: -len("_kernel_time")]
                 per_op[e["args"]["op_name"]] += ms
-                per_kind[kinds.get(e["name"][: -len("_kernel_time")], "other")] += ms
+                per_kind[kinds.get(name, "other")] += ms
+                nested += ms if name in inside else 0.0
+    if nested:  # an If's kernel time includes the nodes of the branch it ran, profiled on their own too
+        per_op["If"] -= nested
+        per_kind["If"] -= nested
     return {"nodes": dict(nodes), "ms_per_op": _ordered(per_op), "ms_per_kind": _ordered(per_kind),
             "ms_total": round(sum(per_op.values()), 3)}
+
+
+def _nodes(graph):
+    """Every node, the branches of If (and loop bodies) included, and the names of those inside one."""
+    every, inside = [], set()
+
+    def walk(g, nested):
+        for n in g.node:
+            every.append(n)
+            if nested:
+                inside.add(n.name)
+            for attr in n.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub, True)
+
+    walk(graph, False)
+    return every, inside
 
 
 def _ordered(d: dict) -> dict:

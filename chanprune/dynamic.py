@@ -19,12 +19,16 @@ of two ways (`ONNX_WAYS`):
       output stays exact without control flow. The price: the weights are no longer constants, so
       onnxruntime can neither pre-pack them nor move the conv to its blocked (NCHWc) layout.
   if: layer granularity only (one decision per residual branch): the producing and the consuming
-      convs each sit in an ONNX `If`; the branch that runs holds the conv with constant weights, the
-      other a tensor of zeros (the producer) or the consumer's bias alone.
+      convs each sit in an ONNX `If`, with the batch norm that follows each folded in; the branch
+      that runs holds the conv with constant weights, the other a tensor of zeros (the producer) or
+      the consumer's folded bias alone. `export_onnx` moves those weights into the branch that uses
+      them: onnxruntime blocks (NCHWc) and pre-packs a conv inside an If only when its weights are
+      initializers of the branch itself, not of the main graph.
 """
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -54,7 +58,8 @@ class _DynamicConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, ctx: _Context, *, consumes: int | None, produces: int | None,
                  gate: DependentGate | None, tau: float):
         super().__init__()
-        self.conv, self.ctx, self.consumes, self.produces, self.gate, self.tau = conv, ctx, consumes, produces, gate, tau
+        self.conv, self.ctx, self.consumes, self.produces = conv, ctx, consumes, produces
+        self.decide = _Decision(gate, tau) if gate is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != 1:
@@ -71,7 +76,8 @@ class _DynamicConv(nn.Module):
                 full = pooled.new_zeros(1, self.ctx.sizes[self.consumes])
                 full[:, self.ctx.kept[self.consumes]] = pooled
                 pooled = full
-            kept = torch.nonzero(self.gate.mask_from(pooled, "threshold", tau=self.tau)[0]).flatten()
+            keep = self.decide(pooled)[0]
+            kept = torch.nonzero(keep.expand(self.ctx.sizes[self.produces])).flatten()
             self.ctx.kept[self.produces] = kept
             if kept.numel() != w.shape[0]:
                 w = w.index_select(0, kept)
@@ -84,6 +90,37 @@ class _DynamicConv(nn.Module):
             h, wd = _out_size(c, x)
             return x.new_zeros(1, 0, h, wd)
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+
+
+class _Decision(nn.Module):
+    """A dependent gate's threshold decision in the fewest ops, for the dynamic models: the gate
+    network's batch norm folded into its first linear map, each unit's two logits folded into one
+    difference d, and sigmoid(d) > tau taken as d > log(tau / (1 - tau)). (B, U) booleans from the
+    pooled input (B, C_in), U the gate's units (channels, or 1 per branch); the static part of a
+    static+dependent gate is a constant. The same decisions as `gate.mask_from(x, "threshold")`, but
+    where d lies within float rounding of the threshold. In onnxruntime: ReduceMean, two Gemm (the
+    first fused with its ReLU) and Greater, against a dozen nodes for the gate as trained."""
+
+    def __init__(self, gate: DependentGate, tau: float):
+        super().__init__()
+        bn, hidden = gate.bn, gate.hidden
+        n = bn.num_features
+        gamma = bn.weight.detach() if bn.weight is not None else torch.ones(n)
+        beta = bn.bias.detach() if bn.bias is not None else torch.zeros(n)
+        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+        b1 = gate.fc1.bias.detach() if gate.fc1.bias is not None else torch.zeros(n)
+        self.register_buffer("w1", gate.fc1.weight.detach() * scale.view(-1, 1))
+        self.register_buffer("b1", (b1 - bn.running_mean) * scale + beta)
+        w2, b2 = gate.fc2.weight.detach().view(-1, 2, hidden), gate.fc2.bias.detach().view(-1, 2)
+        self.register_buffer("w2", w2[:, 1] - w2[:, 0])
+        self.register_buffer("b2", b2[:, 1] - b2[:, 0])
+        self.threshold = math.log(tau) - math.log1p(-tau) if 0 < tau < 1 else (-math.inf if tau <= 0 else math.inf)
+        static = getattr(gate, "static", None)
+        self.register_buffer("static", static.probs().detach() > tau if static is not None else None)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        keep = F.linear(F.relu(F.linear(pooled, self.w1, self.b1)), self.w2, self.b2) > self.threshold
+        return keep & self.static if self.static is not None else keep
 
 
 def _out_size(c: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
@@ -206,8 +243,10 @@ class _GatherConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, tr: _Traced, *, consumes: int | None, produces: int | None,
                  gate: DependentGate | None, tau: float):
         super().__init__()
-        self.tr, self.consumes, self.produces, self.gate, self.tau = tr, consumes, produces, gate, tau
+        self.tr, self.consumes, self.produces = tr, consumes, produces
+        self.decide = _Decision(gate, tau) if gate is not None else None
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.out_channels = conv.out_channels
         w = conv.weight.detach()
         b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0])
         if produces is not None:
@@ -223,7 +262,7 @@ class _GatherConv(nn.Module):
         if self.consumes is not None:
             w = w.index_select(1, self.tr.idx[self.consumes])
         if self.produces is not None:
-            keep = self.gate.mask_from(x, "threshold", tau=self.tau)[0] > 0
+            keep = self.decide(x.mean((2, 3)))[0].expand(self.out_channels)
             idx = torch.cat([torch.nonzero(keep).flatten(), self.spare])
             self.tr.idx[self.produces] = idx
             w, b = w.index_select(0, idx), b.index_select(0, idx)
@@ -247,15 +286,17 @@ class _GatherBN(nn.Module):
 
 
 def _if_conv(x: torch.Tensor, on: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: list[int],
-             padding: list[int], dilation: list[int], consumes: bool) -> torch.Tensor:
+             padding: list[int], dilation: list[int], kernel: list[int], out_channels: int,
+             consumes: bool) -> torch.Tensor:
     """The conv when the branch is on; else, of its output's shape, zeros (the producer) or its bias
-    alone (a consumer: its inputs are all off). Scripted, it is an ONNX `If`."""
+    alone (a consumer: its inputs are all off). Scripted, it is an ONNX `If`; the off branch reads
+    the weights' shape from constants, so that only the conv's branch uses them."""
     if bool(on):
         return F.conv2d(x, w, b, stride, padding, dilation)
-    h, wd = _out_hw(x, [w.shape[2], w.shape[3]], stride, padding, dilation)
+    h, wd = _out_hw(x, kernel, stride, padding, dilation)
     if consumes:
-        return b.view(1, -1, 1, 1).expand(x.shape[0], b.shape[0], h, wd).contiguous()
-    return torch.zeros([x.shape[0], w.shape[0], h, wd], dtype=x.dtype)
+        return b.view(1, -1, 1, 1).expand(x.shape[0], out_channels, h, wd).contiguous()
+    return torch.zeros([x.shape[0], out_channels, h, wd], dtype=x.dtype)
 
 
 _SCRIPTED: dict = {}
@@ -270,21 +311,60 @@ def _scripted(fn):
 
 
 class _IfConv(nn.Module):
+    """A gated conv of the `if` way, with the batch norm that follows it (if any) folded in: the
+    branch then holds the block's work, and onnxruntime fuses and blocks (NCHWc) it there. When off,
+    the producer's output is unused (its consumer is off too) and the consumer's is its folded bias:
+    the batch norm of its bias, as in the gated model."""
+
     def __init__(self, conv: nn.Conv2d, tr: _Traced, *, consumes: int | None, produces: int | None,
-                 gate: DependentGate | None, tau: float):
+                 gate: DependentGate | None, tau: float, bn: nn.BatchNorm2d | None = None):
         super().__init__()
-        self.tr, self.consumes, self.produces, self.gate, self.tau = tr, consumes, produces, gate, tau
+        self.tr, self.consumes, self.produces = tr, consumes, produces
+        self.decide = _Decision(gate, tau) if gate is not None else None
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-        self.register_buffer("w", conv.weight.detach().clone())
-        self.register_buffer("b", conv.bias.detach().clone() if conv.bias is not None
-                             else torch.zeros(conv.out_channels))
+        self.kernel, self.out_channels = list(conv.kernel_size), conv.out_channels
+        w = conv.weight.detach().clone()
+        b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        if bn is not None:
+            w, b = _fold_bn(w, b, bn)
+        self.register_buffer("w", w)
+        self.register_buffer("b", b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.produces is not None:
-            self.tr.on[self.produces] = self.gate.mask_from(x, "threshold", tau=self.tau)[0, 0] > 0
+            self.tr.on[self.produces] = self.decide(x.mean((2, 3)))[0, 0]
         on = self.tr.on[self.produces if self.produces is not None else self.consumes]
         branch = _scripted(_if_conv) if torch.jit.is_tracing() else _if_conv
-        return branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation, self.produces is None)
+        return branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation, self.kernel, self.out_channels,
+                      self.produces is None)
+
+
+def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weight and bias with the (eval-mode) batch norm after it folded in."""
+    n = bn.num_features
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones(n)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros(n)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    return w * scale.view(-1, 1, 1, 1), (b - bn.running_mean) * scale + beta
+
+
+def _bn_after(model: nn.Module, convs: set[str]) -> dict[str, str]:
+    """Conv name -> the BatchNorm2d that takes that conv's output and nothing else, for the `convs`
+    whose output goes to such a batch norm alone (torch.fx; nothing where the model does not trace)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # a model fx cannot trace keeps its batch norms outside the If: slower, still exact
+        return {}
+    mods = dict(model.named_modules())
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target in convs and len(n.users) == 1:
+            (u,) = n.users
+            if (u.op == "call_module" and isinstance(mods.get(u.target), nn.BatchNorm2d)
+                    and calls.count(u.target) == 1 and u.args[0] is n):
+                out[n.target] = u.target
+    return out
 
 
 class _OnnxDynamic(nn.Module):
@@ -311,11 +391,21 @@ def onnx_dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet, wa
     both = set(consumes) & set(produces)
     if both:
         raise ValueError(f"{sorted(both)[0]} both consumes and produces a dependent group: not supported in ONNX")
-    make = _GatherConv if way == "gather" else _IfConv
-    for name in set(consumes) | set(produces):
+    convs = set(consumes) | set(produces)
+    if way == "if":
+        folded = _bn_after(twin, convs)
+        for name in convs:
+            gi = produces.get(name)
+            bn = folded.get(name)
+            _replace(twin, name, _IfConv(mods[name], tr, consumes=consumes.get(name), produces=gi,
+                                         gate=gate_of.get(gi), tau=gates.tau, bn=mods[bn] if bn else None))
+            if bn:
+                _replace(twin, bn, nn.Identity())
+        return _OnnxDynamic(twin, tr).eval()
+    for name in convs:
         gi = produces.get(name)
-        _replace(twin, name, make(mods[name], tr, consumes=consumes.get(name), produces=gi,
-                                  gate=gate_of.get(gi), tau=gates.tau))
+        _replace(twin, name, _GatherConv(mods[name], tr, consumes=consumes.get(name), produces=gi,
+                                         gate=gate_of.get(gi), tau=gates.tau))
     if way == "gather":
         for name, gi in bns.items():
             _replace(twin, name, _GatherBN(mods[name], tr, gi))

@@ -22,7 +22,7 @@ from torch import nn
 from .artifacts import atomic_write_bytes
 from .errors import ArtifactError
 
-__all__ = ["export_onnx", "simplify_onnx", "onnx_session", "run_onnx", "max_abs_diff", "within_tolerance", "DEFAULT_OPSET",
+__all__ = ["export_onnx", "branch_local_initializers", "simplify_onnx", "onnx_session", "run_onnx", "max_abs_diff", "within_tolerance", "DEFAULT_OPSET",
            "DEFAULT_ATOL", "DEFAULT_RTOL"]
 
 DEFAULT_OPSET = 17
@@ -86,8 +86,80 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
                 data = _export_bytes(model, example_inputs, dynamo=True, opset=opset, dynamic_batch=dynamic_batch)
     finally:
         model.train(was_training)
-    onnx.checker.check_model(onnx.load_from_string(data))
+    proto = onnx.load_from_string(data)
+    if branch_local_initializers(proto):
+        data = proto.SerializeToString()
+    onnx.checker.check_model(proto)
     return atomic_write_bytes(path, data)
+
+
+def branch_local_initializers(proto) -> int:
+    """Give each branch of an `If` its own copy of the constants it reads from the main graph
+    (initializers, directly or through the exporter's Identity nodes), and drop what nothing reads
+    any more; returns how many branch inputs became local. onnxruntime blocks (NCHWc) and pre-packs a
+    conv inside an If only when its weights and bias are the branch's own initializers: read from the
+    outer scope, the conv stays a plain NCHW conv (benchmarks/conditional.py --profile shows it).
+    Graphs without If are left alone."""
+    graph = proto.graph
+    ifs = [n for n in graph.node if n.op_type == "If"]
+    if not ifs:
+        return 0
+    inits = {t.name: t for t in graph.initializer}
+    made_by = {o: n for n in graph.node for o in n.output}
+
+    def const(name):
+        if name in inits:
+            return inits[name]
+        n = made_by.get(name)
+        return inits.get(n.input[0]) if n is not None and n.op_type == "Identity" else None
+
+    moved = 0
+    for n in ifs:
+        for attr in n.attribute:
+            if not attr.HasField("g"):
+                continue
+            g = attr.g
+            own = {o for m in g.node for o in m.output} | {t.name for t in g.initializer}
+            local = {}
+            for m in g.node:
+                for i, x in enumerate(m.input):
+                    if x in own or x in local.values():
+                        continue
+                    t = const(x)
+                    if t is None:
+                        continue
+                    if x not in local:
+                        local[x] = f"{x}.{attr.name}.{moved}"
+                        copy = g.initializer.add()
+                        copy.CopyFrom(t)
+                        copy.name = local[x]
+                        moved += 1
+                    m.input[i] = local[x]
+    _drop_unread(graph)
+    return moved
+
+
+def _drop_unread(graph) -> None:
+    """Remove the main graph's Identity nodes and initializers that nothing reads (subgraphs included)."""
+    def reads(g):
+        out = set()
+        for n in g.node:
+            out.update(n.input)
+            for attr in n.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    out |= reads(sub)
+        return out
+
+    while True:
+        read = reads(graph) | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Identity" and not any(o in read for o in n.output)]
+        for n in dead:
+            graph.node.remove(n)
+        if not dead:
+            break
+    read = reads(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+    for t in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(t)
 
 
 SIMPLIFIERS = ("onnxslim", "onnxsim")

@@ -59,6 +59,41 @@ def test_readme_tables_come_from_the_committed_rows(monkeypatch):
     assert block.strip() == text.strip(), "README is stale: run python benchmarks/report.py --readme"
 
 
+def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
+    """onnxruntime profiles the nodes inside an If on their own and inside the If's time: the breakdown
+    of the conditional models counts them once, in their own kind, and the If by its own time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    why = importlib.import_module("why")
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8, 3, 3], np.random.default_rng(0).standard_normal(576).tolist())
+    branch = lambda name, node: helper.make_graph(  # noqa: E731
+        [node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)], [w] if name == "on" else [])
+    on = branch("on", helper.make_node("Conv", ["x", "w"], ["on_y"], pads=[1, 1, 1, 1], name="inner_conv"))
+    off = branch("off", helper.make_node("Identity", ["x"], ["off_y"], name="inner_identity"))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0, name="gate_mean"),
+             helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [-100.0])),
+             helper.make_node("Greater", ["m", "zero"], ["run"], name="gate_greater"),
+             helper.make_node("If", ["run"], ["y"], then_branch=on, else_branch=off, name="the_if")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    every, inside = why._nodes(onnx.load(path).graph)
+    assert {"inner_conv", "inner_identity"} <= inside and "the_if" not in inside and len(every) == 6
+    p = why.profile(path, batch=1, runs=5, warmup=1)
+    conv = sum(v for k, v in p["ms_per_kind"].items() if "conv (" in k)
+    assert conv > 0  # the branch that ran (the mean is above -100)
+    assert p["ms_per_op"]["If"] >= 0  # its branch taken out, not counted twice
+    assert p["ms_total"] == pytest.approx(sum(p["ms_per_op"].values()), abs=1e-2)
+    report = importlib.import_module("report")
+    groups = report._profile_groups(p["ms_per_kind"])
+    assert groups["convs NCHW"] + groups["convs NCHWc"] == pytest.approx(conv) and groups["If (its own time)"] >= 0
+    assert sum(groups.values()) == pytest.approx(sum(p["ms_per_kind"].values()))
+
+
 @pytest.mark.parametrize("plan", ["flops", "latency"])
 def test_guard_baseline_is_well_formed(plan, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))

@@ -166,6 +166,54 @@ def test_onnx_dynamic_model_reproduces_the_gated_model_input_by_input(tmp_path, 
     assert len({tuple(r.tolist()) for r in kept}) > 1, "the inputs should take different paths"
 
 
+def test_the_if_way_gives_onnxruntime_blocked_convs_in_its_branches(tmp_path):
+    """Each If branch holds its conv's weights as its own initializers, batch norm folded in, so that
+    onnxruntime optimizes the conv inside the branch as it does in the main graph (NCHWc on x86)."""
+    import onnx
+    import onnxruntime as ort
+
+    model, graph, gates, _ = _gated(granularity="layer", spread=6.0)
+    x = _digits(2)
+    path = export_onnx(onnx_dynamic_model(model, graph, gates, "if"), x[:1], tmp_path / "if.onnx",
+                       dynamic_batch=False, exporter="torchscript")
+    g = onnx.load(str(path)).graph
+    ifs = [n for n in g.node if n.op_type == "If"]
+    assert len(ifs) == 2 * len(gates.dependent)
+    assert not any(n.op_type == "BatchNormalization" for n in g.node)  # every gated conv's was folded
+    for n in ifs:
+        branch = next(a.g for a in n.attribute if a.name == "then_branch")
+        (conv,) = [m for m in branch.node if m.op_type == "Conv"]
+        assert set(conv.input[1:]) <= {t.name for t in branch.initializer}
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    blocked = lambda nodes: [m.domain == "com.microsoft.nchwc" for m in nodes if m.op_type == "Conv"]  # noqa: E731
+    inner = [b for n in opt.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch"
+             for b in blocked(a.g.node)]
+    assert inner and all(inner) == any(blocked(opt.node)), "the branches' convs should be blocked as the main graph's"
+
+
+@pytest.mark.parametrize("kind, granularity", [("dependent", "channel"), ("dependent", "layer"),
+                                               ("static+dependent", "channel"), ("static+dependent", "layer")])
+def test_the_dynamic_models_decide_as_the_gates_do(kind, granularity):
+    from chanprune.dynamic import _Decision
+
+    model, graph, gates, _ = _gated(kind=kind, granularity=granularity, spread=6.0 if granularity == "layer" else 3.0)
+    gates.eval()  # the gate network's batch norm on its running statistics, as deployed
+    kept = total = 0
+    for gi in gates.dependent:
+        g = gates.gates[gi]
+        x = torch.randn(64, g.in_channels, 6, 6)
+        with torch.no_grad():
+            want = g.mask_from(x, "threshold", tau=gates.tau) > 0
+            got = _Decision(g, gates.tau)(x.mean((2, 3)))
+        assert got.shape[1] == (1 if granularity == "layer" else g.num_channels)
+        assert torch.equal(got.expand(-1, g.num_channels), want)
+        kept, total = kept + int(want.sum()), total + want.numel()
+    assert 0.1 < kept / total < 0.9  # decisions both ways
+
+
 def test_onnx_dynamic_model_bad_inputs():
     model, graph, gates, _ = _gated()
     with pytest.raises(ValueError, match="layer granularity"):
