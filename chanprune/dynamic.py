@@ -332,7 +332,7 @@ class _IfConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.produces is not None:
-            self.tr.on[self.produces] = self.decide(x.mean((2, 3)))[0, 0]
+            self.tr.on[self.produces] = self.decide(x.mean((2, 3)))  # (1, 1): the If takes it as it is
         on = self.tr.on[self.produces if self.produces is not None else self.consumes]
         branch = _scripted(_if_conv) if torch.jit.is_tracing() else _if_conv
         return branch(x, on, self.w, self.b, self.stride, self.padding, self.dilation, self.kernel, self.out_channels,
@@ -367,6 +367,106 @@ def _bn_after(model: nn.Module, convs: set[str]) -> dict[str, str]:
     return out
 
 
+def _if_branch(x: torch.Tensor, on: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, s1: list[int], p1: list[int],
+               d1: list[int], k1: list[int], relu: bool, w2: torch.Tensor, b2: torch.Tensor, s2: list[int],
+               p2: list[int], d2: list[int], k2: list[int], out_channels: int) -> torch.Tensor:
+    """A whole gated branch, producer to consumer, when on (one If, both convs in its branch, the ReLU
+    between them fused there by onnxruntime); else the consumer's folded bias alone, of its output's
+    shape (the gated model's output when the branch is off). Scripted, it is one ONNX `If`."""
+    if bool(on):
+        h = F.conv2d(x, w1, b1, s1, p1, d1)
+        if relu:
+            h = F.relu(h)
+        return F.conv2d(h, w2, b2, s2, p2, d2)
+    h1, wd1 = _out_hw(x, k1, s1, p1, d1)
+    h2 = (h1 + 2 * p2[0] - d2[0] * (k2[0] - 1) - 1) // s2[0] + 1
+    wd2 = (wd1 + 2 * p2[1] - d2[1] * (k2[1] - 1) - 1) // s2[1] + 1
+    return b2.view(1, -1, 1, 1).expand(x.shape[0], out_channels, h2, wd2).contiguous()
+
+
+class _IfBranch(nn.Module):
+    """One dependent group's whole branch at layer granularity (producer, its batch norm and ReLU,
+    consumer, its batch norm) as one If: batch norms folded, the decision from the producer's input."""
+
+    def __init__(self, producer: nn.Conv2d, bn1: nn.BatchNorm2d | None, relu: bool, consumer: nn.Conv2d,
+                 bn2: nn.BatchNorm2d | None, gate: DependentGate, tau: float):
+        super().__init__()
+        self.decide = _Decision(gate, tau)
+        self.relu, self.out_channels = relu, consumer.out_channels
+        for i, (conv, bn) in enumerate(((producer, bn1), (consumer, bn2)), 1):
+            w = conv.weight.detach().clone()
+            b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+            if bn is not None:
+                w, b = _fold_bn(w, b, bn)
+            self.register_buffer(f"w{i}", w)
+            self.register_buffer(f"b{i}", b)
+            setattr(self, f"geometry{i}", [list(conv.stride), list(conv.padding), list(conv.dilation),
+                                           list(conv.kernel_size)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        on = self.decide(x.mean((2, 3)))  # (1, 1): the If takes it as it is
+        branch = _scripted(_if_branch) if torch.jit.is_tracing() else _if_branch
+        return branch(x, on, self.w1, self.b1, *self.geometry1, self.relu, self.w2, self.b2, *self.geometry2,
+                      self.out_channels)
+
+
+def _whole_branches(model: nn.Module, produces: dict[str, int], consumes: dict[str, int], gate_of: dict, tau: float):
+    """`model` as an fx GraphModule with each dependent group's branch (producer -> [batch norm] ->
+    [ReLU] -> consumer -> [batch norm], nothing else) replaced by one `_IfBranch`, and the groups that
+    did not match that pattern (they keep a per-conv If); (model, set()) where fx cannot trace it."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:
+        return model, set()
+    mods = dict(model.named_modules())
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    is_mod = (lambda n, cls: n.op == "call_module" and isinstance(mods.get(n.target), cls))  # noqa: E731
+    is_relu = (lambda n: is_mod(n, nn.ReLU) or (n.op == "call_function" and n.target in (F.relu, torch.relu))  # noqa: E731
+               or (n.op == "call_method" and n.target == "relu"))
+    by_producer = {n.target: n for n in gm.graph.nodes if n.op == "call_module" and n.target in produces}
+    done = set()
+    for name, gi in produces.items():
+        node = by_producer.get(name)
+        consumers = [c for c, g in consumes.items() if g == gi]
+        if node is None or len(consumers) != 1 or calls.count(name) != 1 or calls.count(consumers[0]) != 1:
+            continue
+        chain, cur, bn1, relu = [node], node, None, False
+        while len(cur.users) == 1:
+            (u,) = cur.users
+            if u.args[0] is not cur or len(u.args) != 1 or u.kwargs:
+                break
+            if is_mod(u, nn.BatchNorm2d) and bn1 is None and not relu and calls.count(u.target) == 1:
+                bn1 = u
+            elif is_relu(u) and not relu:
+                relu = True
+            else:
+                break
+            chain.append(u)
+            cur = u
+        (u,) = cur.users if len(cur.users) == 1 else (None,)
+        if u is None or u.op != "call_module" or u.target != consumers[0] or u.args[0] is not cur or len(u.args) != 1:
+            continue
+        chain.append(u)
+        end, bn2 = u, None
+        if len(u.users) == 1:
+            (v,) = u.users
+            if is_mod(v, nn.BatchNorm2d) and calls.count(v.target) == 1 and v.args[0] is u and len(v.args) == 1:
+                end, bn2 = v, v
+                chain.append(v)
+        sub = f"if_branch_{gi}"
+        gm.add_submodule(sub, _IfBranch(mods[name], mods[bn1.target] if bn1 else None, relu, mods[consumers[0]],
+                                        mods[bn2.target] if bn2 else None, gate_of[gi], tau))
+        with gm.graph.inserting_after(end):
+            new = gm.graph.call_module(sub, (node.args[0],))
+        end.replace_all_uses_with(new)
+        for n in reversed(chain):
+            gm.graph.erase_node(n)
+        done.add(gi)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, done
+
+
 class _OnnxDynamic(nn.Module):
     def __init__(self, model: nn.Module, tr: _Traced):
         super().__init__()
@@ -393,7 +493,10 @@ def onnx_dynamic_model(model: nn.Module, graph: ChannelGraph, gates: GateSet, wa
         raise ValueError(f"{sorted(both)[0]} both consumes and produces a dependent group: not supported in ONNX")
     convs = set(consumes) | set(produces)
     if way == "if":
-        folded = _bn_after(twin, convs)
+        twin, whole = _whole_branches(twin, produces, consumes, gate_of, gates.tau)
+        mods = {**mods, **dict(twin.named_modules())}
+        convs = {c for c in convs if produces.get(c, consumes.get(c)) not in whole}
+        folded = _bn_after(twin, convs) if convs else {}
         for name in convs:
             gi = produces.get(name)
             bn = folded.get(name)

@@ -142,11 +142,18 @@ def test_static_layer_granularity_gates_whole_inner_groups():
         GateSet(graph, config={"granularity": "layer"})
 
 
-@pytest.mark.parametrize("way, granularity", [("gather", "channel"), ("gather", "layer"), ("if", "layer")])
-def test_onnx_dynamic_model_reproduces_the_gated_model_input_by_input(tmp_path, way, granularity):
+@pytest.mark.parametrize("way, granularity", [("gather", "channel"), ("gather", "layer"), ("if", "layer"),
+                                              ("if-per-conv", "layer")])
+def test_onnx_dynamic_model_reproduces_the_gated_model_input_by_input(tmp_path, monkeypatch, way, granularity):
     import numpy as np
     import onnx
     import onnxruntime as ort
+
+    if way == "if-per-conv":  # a branch fx cannot see whole: each gated conv in its own If
+        import chanprune.dynamic
+
+        monkeypatch.setattr(chanprune.dynamic, "_whole_branches", lambda model, *args: (model, set()))
+        way = "if"
 
     model, graph, gates, _ = _gated(granularity=granularity, spread=6.0 if granularity == "layer" else 3.0)
     gates.gates[gates.dependent[4]].fc2.bias.data[1::2] = -50.0  # one gate off for every input
@@ -178,12 +185,14 @@ def test_the_if_way_gives_onnxruntime_blocked_convs_in_its_branches(tmp_path):
                        dynamic_batch=False, exporter="torchscript")
     g = onnx.load(str(path)).graph
     ifs = [n for n in g.node if n.op_type == "If"]
-    assert len(ifs) == 2 * len(gates.dependent)
+    assert len(ifs) == len(gates.dependent)  # one per residual branch: conv, ReLU, conv
     assert not any(n.op_type == "BatchNormalization" for n in g.node)  # every gated conv's was folded
     for n in ifs:
         branch = next(a.g for a in n.attribute if a.name == "then_branch")
-        (conv,) = [m for m in branch.node if m.op_type == "Conv"]
-        assert set(conv.input[1:]) <= {t.name for t in branch.initializer}
+        convs = [m for m in branch.node if m.op_type == "Conv"]
+        assert len(convs) == 2 and any(m.op_type == "Relu" for m in branch.node)
+        for conv in convs:
+            assert set(conv.input[1:]) <= {t.name for t in branch.initializer}
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
