@@ -37,6 +37,8 @@ target t, four ways to spend it:
   cd-dependent            `learn --gate dependent`: data-dependent channel gates, learned for the whole budget
   cd-dependent-layer      the same at `--granularity layer`: one decision per residual branch (AIG-style)
   cd-static+dependent     `learn --gate static+dependent`: both, learned together
+  cd-static-layer         (with --methods only) static gates over whole branches, `--granularity layer`:
+                          blocks removed for every input, the partner of cd-dependent-layer (paper, Table 4)
 Test accuracy on the whole test split, threshold at tau; FLOPs: the slim model's (static), or each test
 input's executed FLOPs averaged (the others). `--image-size 64` learns at 64 px (resnet18 from the latency
 grid's 64 px baseline, given as --baseline: the plans that benchmarks/conditional.py --trained times at 224).
@@ -155,6 +157,8 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
 CONDITIONAL = {"cd-static": [], "cd-dependent": ["--gate", "dependent"],
                "cd-dependent-layer": ["--gate", "dependent", "--granularity", "layer"],
                "cd-static+dependent": ["--gate", "static+dependent"]}
+# not in the default grid: static gates over whole branches, the paper's Table 4 partner of cd-dependent-layer
+CONDITIONAL_EXTRA = {"cd-static-layer": ["--granularity", "layer"]}
 
 
 def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
@@ -170,7 +174,8 @@ def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: 
     run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
     size = ["--image-size", str(a.image_size)] if a.image_size else []
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
-            "--target", str(t), "--epochs", str(a.epochs), "--seed", str(seed), *size, *CONDITIONAL[method]]
+            "--target", str(t), "--epochs", str(a.epochs), "--seed", str(seed), *size,
+            *{**CONDITIONAL, **CONDITIONAL_EXTRA}[method]]
     t0 = time.perf_counter()
     run_stage(args, run, done=run_finished(run))
     seconds = time.perf_counter() - t0
@@ -180,7 +185,7 @@ def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: 
            "method": method, "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1),
            "wall_seconds": round(seconds, 1), "epochs": a.epochs, "limit": a.limit,
            "command": "chanprune " + " ".join(args + ["--out", str(run)])}
-    if method == "cd-static":
+    if method.startswith("cd-static") and "dependent" not in method:
         slim = export(run / "model.pt", run / "slim", "--no-onnx")
         row.update(flops_ratio=slim["flops_ratio"], exact=slim.get("exact"),
                    test_accuracy=eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"])

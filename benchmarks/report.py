@@ -438,7 +438,9 @@ def conditional_accuracy_section() -> list[str]:
             "target t. cd-static: `learn --target t` "
             "(static pruning, the default recipe, FLOPs of the slim model); cd-dependent: `--gate dependent` "
             "(channel gates per input); cd-dependent-layer: `--granularity layer` (one decision per residual "
-            "branch, AIG-style); cd-static+dependent: `--gate static+dependent` (learned together). For the "
+            "branch, AIG-style); cd-static+dependent: `--gate static+dependent` (learned together); cd-static-layer: "
+            "static gates over whole branches (`--granularity layer`: the same blocks removed for every input, the "
+            "paper's Table 4 partner of cd-dependent-layer). For the "
             "data-dependent ones, FLOPs is each test input's executed FLOPs, averaged (with the range over inputs), "
             "and accuracy is at the threshold tau = 0.5. The paper's claim: conditional computation beats pruning "
             f"at equal FLOPs. Machine: {machines(runs)}."), "",
@@ -456,7 +458,7 @@ def conditional_accuracy_section() -> list[str]:
             diffs = [-d for d in _paired(cell, arch, setup, t, m, ref="cd-static")]
             paired = "-" if m == "cd-static" else _paired_cell(diffs, "ahead")
             lo, hi = min(r.get("flops_min", r["flops_ratio"]) for r in rs), max(r.get("flops_max", r["flops_ratio"]) for r in rs)
-            rng = "" if m == "cd-static" else f"; {lo:.2f}-{hi:.2f}"
+            rng = "" if "dependent" not in m else f"; {lo:.2f}-{hi:.2f}"
             change = f"{100 * (statistics.fmean(acc) - b['test_accuracy']):+.2f}" if b else "-"
             out.append(f"| {arch} | {t} | {m} | {statistics.fmean(r['flops_ratio'] for r in rs):.3f}{rng} | "
                        f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {change} | {paired} | "
@@ -563,7 +565,9 @@ def conditional_section() -> list[str]:
             "on onnxruntime `onnx_dynamic_model` by gathers (`gather`) or, at layer granularity, an ONNX If per gated "
             "conv (`if`); every dynamic model is exact against the masked one; static: a static slim model with the "
             "same kept counts. Speedups over dense, 2 threads. Measured / predicted: the best dynamic model's "
-            f"measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). Machine: {machines(rows)}."), "",
+            "measured speedup over the FLOPs-predicted one (1 / FLOPs ratio). The rows measured before the `if` way "
+            "got branch-local weights and one If per branch, and before the four-op gate decision, are kept in "
+            f"`benchmarks/results/conditional_2026-12-01.jsonl`. Machine: {machines(rows)}."), "",
            "| arch | input | backend | gates | executed FLOPs | dense ms | masked | dynamic (torch) or gather (ort) | if (ort) | static "
            "| dynamic: measured / predicted |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
