@@ -39,6 +39,8 @@ target t, four ways to spend it:
   cd-static+dependent     `learn --gate static+dependent`: both, learned together
   cd-static-layer         (with --methods only) static gates over whole branches, `--granularity layer`:
                           blocks removed for every input, the partner of cd-dependent-layer (paper, Table 4)
+  cd-dependent-ft         (with --methods only) `--gate dependent --dependent-finetune`: the gate network
+                          learns for half the budget, then the weights train under its frozen decisions
 Test accuracy on the whole test split, threshold at tau; FLOPs: the slim model's (static), or each test
 input's executed FLOPs averaged (the others). `--image-size 64` learns at 64 px (resnet18 from the latency
 grid's 64 px baseline, given as --baseline: the plans that benchmarks/conditional.py --trained times at 224).
@@ -158,7 +160,9 @@ CONDITIONAL = {"cd-static": [], "cd-dependent": ["--gate", "dependent"],
                "cd-dependent-layer": ["--gate", "dependent", "--granularity", "layer"],
                "cd-static+dependent": ["--gate", "static+dependent"]}
 # not in the default grid: static gates over whole branches, the paper's Table 4 partner of cd-dependent-layer
-CONDITIONAL_EXTRA = {"cd-static-layer": ["--granularity", "layer"]}
+CONDITIONAL_EXTRA = {"cd-static-layer": ["--granularity", "layer"],
+                     # a lever for the dependent gates: the static recipe's freeze-then-fine-tune, per input
+                     "cd-dependent-ft": ["--gate", "dependent", "--dependent-finetune"]}
 
 
 def conditional(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:

@@ -496,6 +496,9 @@ class GateSet(nn.Module):
                            for i, (g, gate_) in enumerate(zip(graph.groups, self.gates)) if gate_.input_dependent]
         self.mode = mode
         self.tau = tau
+        # True: the model trains under the gates' threshold decisions (data-dependent gates: each
+        # input's own, from a gate network in eval mode), not samples (`learn --dependent-finetune`)
+        self.deterministic = False
         self._fixed: list[torch.Tensor] | None = None
         self._z: list[torch.Tensor] | None = None
         self._handles: list = []
@@ -624,11 +627,12 @@ class GateSet(nn.Module):
         batch = args[0].shape[0] if args and torch.is_tensor(args[0]) and args[0].dim() > 0 else 1
         if self._fixed is not None:
             self._z = [m.to(_device(self.gates[i])) for i, m in enumerate(self._fixed)]
-        elif module.training:
+        elif module.training and not self.deterministic:
             self._z = self._floor_([g.sample(batch) for g in self.gates])
         else:
+            mode = "threshold" if self.deterministic else self.mode
             with torch.no_grad():
-                self._z = self._floor_([g.mask(self.mode, batch=batch, tau=self.tau) for g in self.gates])
+                self._z = self._floor_([g.mask(mode, batch=batch, tau=self.tau) for g in self.gates])
 
     def _make_hook(self, entries):
         def hook(module, args):
@@ -658,13 +662,15 @@ class GateSet(nn.Module):
             if self._z is None or not args:
                 return None
             x = args[0]
-            if gate.training != module.training:  # the gate network's batch norm follows the model's mode
-                gate.train(module.training)
-            if module.training:
+            # the gate network's batch norm follows the model's mode, unless it decides as deployed
+            training = module.training and not self.deterministic
+            if gate.training != training:
+                gate.train(training)
+            if training:
                 z = gate.sample_from(x)
             else:
                 with torch.no_grad():
-                    z = gate.mask_from(x, self.mode, tau=self.tau)
+                    z = gate.mask_from(x, "threshold" if self.deterministic else self.mode, tau=self.tau)
             if self._fixed is not None:
                 z = z * self._fixed[gi].to(z.device, z.dtype)
             self._z[gi] = z

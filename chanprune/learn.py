@@ -59,6 +59,9 @@ class LearnConfig(TrainConfig):
     lam_rate: float = 0.05  # lambda grows (shrinks back to the floor) while the cost ratio is above (below) target
     gate_lr: float = 1.0  # Adam on the gate logits, constant: they polarize within a few hundred steps
     dependent_gate_lr: float = 0.01  # Adam on a data-dependent gate's network (an MLP, not logits)
+    # data-dependent gates: learn them for `max_learn_share` of the budget, then freeze the gate network
+    # and fine-tune the weights under its threshold decisions (each input's own) for the rest
+    dependent_finetune: bool = False
     lr: float = 0.02  # the weights are pretrained: fine-tune gently
     tau: float = 0.5
     min_keep: int = 0

@@ -208,13 +208,18 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
             raise ChanpruneError("--granularity layer has one gate per branch: --gate-init norm grades channels, "
                                  "drop it")
         config = dataclasses.replace(config, block=1)
-    if dependent:  # conditional computation learns for the whole budget, as the paper does
+    if dependent:  # conditional computation learns for the whole budget, as the paper does (or, with
+        # --dependent-finetune, for max_learn_share of it, then the weights train under frozen decisions)
         if config.finetune_epochs:
             raise ChanpruneError(f"--gate {config.gate} learns its gates for the whole budget (--epochs): "
                                  "drop --finetune-epochs")
         if config.block not in (None, 1):
             raise ChanpruneError(f"--gate {config.gate} decides per channel and per input: drop --block")
-        config = dataclasses.replace(config, finetune_epochs=0, block=1, project=False)
+        config = dataclasses.replace(config, finetune_epochs=None if config.dependent_finetune else 0, block=1,
+                                     project=False)
+    elif config.dependent_finetune:
+        raise ChanpruneError("--dependent-finetune freezes a data-dependent gate network: it needs --gate dependent "
+                             "or static+dependent")
     if out is None:
         out = default_run_dir("learn", f"{arch}-t{config.target:g}", resume=resume)
     out = prepare_run_dir(out, resume=resume)
@@ -335,7 +340,12 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
                          weight_decay=config.weight_decay, seed=config.seed + 1, schedule=config.finetune_schedule,
                          max_steps=ft_steps)
         template = dataclasses.replace(template, stage="finetune", config=asdict(ft), gate_state=gates.state_dict())
-        twin = _slim_twin(model, gates, graph, plan, x, world)
+        # data-dependent gates keep deciding per input: no slim twin; the gate network is frozen and the
+        # weights train under its threshold decisions
+        twin = None if dependent else _slim_twin(model, gates, graph, plan, x, world)
+        if dependent:
+            gates.deterministic = True
+            gates.requires_grad_(False)
         ckpt_ft = Checkpointer(out, template, rank=rank, state_fn=twin.full_state if twin else None)
         if ckpt is None and rank == 0:  # the switch itself is a checkpoint: --resume fine-tunes from here
             ckpt_ft.save(model, LoopState(), [], [], tag="frozen", gates=gates, seed=config.seed)
@@ -348,6 +358,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         if twin:
             twin.write_back_()
             gates.attach_(model)
+        gates.deterministic = False
     if config.calibrate_bn:
         calibrate_bn_(model, bundle.train, batches=config.calibrate_bn, device=device)
     val = evaluate(model, bundle.val, device=device)

@@ -119,6 +119,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
 @click.option("--dependent-gate-lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Learning rate (Adam) of a data-dependent gate's network (--gate dependent, static+dependent).")
+@click.option("--dependent-finetune", is_flag=True,
+              help="Data-dependent gates: learn them for --max-learn-share of the budget, then freeze the gate "
+                   "network and train the weights under its threshold decisions (each input's own) for the rest.")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Initial weight of the budget term; it rises while the FLOPs stay above target.")
 @click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold.")
@@ -154,7 +157,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, dependent_gate_lr, lam, tau, finetune_epochs, finetune_lr,
+          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, dependent_gate_lr, dependent_finetune, lam, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
           project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -168,7 +171,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
     if block != "auto" and not (block.isdigit() and int(block) >= 1):
         raise BadInput(f"--block {block!r}: give auto or a positive integer")
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
-    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, dependent_gate_lr=dependent_gate_lr, lam=lam, seed=seed, target=target,
+    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, dependent_gate_lr=dependent_gate_lr, dependent_finetune=dependent_finetune, lam=lam, seed=seed, target=target,
                       budget=budget, gate=gate, granularity=granularity, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,

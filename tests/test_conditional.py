@@ -328,11 +328,50 @@ def test_eval_mode_needs_a_gated_checkpoint(dep_run, tmp_path):
     (["--dependent-gate-lr", "0"], "Invalid value for '--dependent-gate-lr'"),
     (["--gate", "static+dependent", "--finetune-epochs", "1"], "drop --finetune-epochs"),
     (["--gate", "static+dependent", "--block", "8"], "drop --block"),
+    (["--gate", "gumbel", "--dependent-finetune"], "needs --gate dependent"),
 ])
 def test_learn_dependent_bad_options(tmp_path, extra, message):
     r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
                                  "0.5", "--epochs", "1", "--out", str(tmp_path / "r"), *extra])
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_deterministic_gates_train_the_model_under_their_threshold_decisions():
+    model, graph, gates, _ = _gated(kind="static+dependent")
+    gates.eval()
+    x = _digits(8)
+    with torch.no_grad():
+        model(x)
+        want = [m.clone() for m in gates.current()]
+    stats = [g.bn.running_mean.clone() for g in (gates.gates[gi] for gi in gates.dependent)]
+    gates.deterministic = True
+    model.train()
+    for m in model.modules():  # the model's own batch norms as in eval, so that every gate sees the same input
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    model(x)  # the gated convs in training mode: no samples, the gate networks in eval mode
+    for a, b in zip(gates.current(), want):
+        assert torch.equal(a.expand_as(b), b)
+    for gi, s in zip(gates.dependent, stats):
+        assert not gates.gates[gi].training and torch.equal(gates.gates[gi].bn.running_mean, s)
+    gates.deterministic = False
+    model(x)
+    assert gates.gates[gates.dependent[0]].training  # sampling again, batch norm in training mode
+
+
+def test_learn_dependent_finetune_freezes_the_gate_network_then_trains_the_weights(tmp_path):
+    run = tmp_path / "dep-ft"
+    r = CliRunner().invoke(cli, ["learn", "--arch", "resnet20", "--data", "digits", "--gate", "dependent", "--target",
+                                 "0.5", "--epochs", "2", "--dependent-finetune", "--out", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    ck = torch.load(run / "model.pt", weights_only=True)
+    frozen = ck["frozen"]
+    assert frozen["reason"] == "deadline" and frozen["finetune_steps"] > 0
+    assert frozen["steps"] == int(0.5 * (frozen["steps"] + frozen["finetune_steps"]))  # the deadline: half the budget
+    assert ck["stage"] == "done" and 0 < res["executed_cost"]["mean"] < 1
+    ev = CliRunner().invoke(cli, ["eval", str(run / "model.pt"), "--data", "digits", "--json"])
+    assert ev.exit_code == 0 and json.loads(ev.stdout)["accuracy"] == pytest.approx(res["test_accuracy"])
 
 
 def test_report_plots_the_work_skipped_per_group(dep_run):
