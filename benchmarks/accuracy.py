@@ -30,6 +30,16 @@ Methods (`--methods`, comma-separated):
     python benchmarks/accuracy.py --suite latency    (EfficientNet-Lite0, latency target 0.5, seeds 0,1,2)
     python benchmarks/accuracy.py --suite conditional (ResNet-56, average FLOPs targets 0.5,0.3, seeds 0,1,2)
 
+The transfer scenario (the main suite on a model nobody here trained): EfficientNet-Lite0 with its
+ImageNet weights, moved to Fashion-MNIST at 64 px (benchmarks/latency_budget.py's baseline), pruned
+to 0.5 of its FLOPs. A baseline whose input is not 28 px makes every method learn and fine-tune at its
+size; `--calibrate-bn K` re-estimates every method's batch norms after training (Lite0's momentum is
+0.01, see the latency suite below):
+
+    python benchmarks/accuracy.py --suite main --arch efficientnet_lite0 --targets 0.5 --calibrate-bn 100 \\
+        --baseline runs/bench/latency_budget/efficientnet_lite0_base/model.pt \\
+        --methods chanprune,tp-group-norm,tp-group-norm+cp,tp-fpgm,tp-fpgm+cp
+
 The conditional suite (issue 13; the paper's claim that conditional computation beats pruning at
 equal FLOPs): from the same baseline, the same E epochs on the same subset, at an average FLOPs
 target t, four ways to spend it:
@@ -114,8 +124,24 @@ def setup_tag(limit: int, epochs: int) -> str:
     return f"L{limit}-e{epochs}"
 
 
+def _size(base: Path) -> int | None:
+    """The baseline's input size where it is not Fashion-MNIST's own 28 (a model moved at 64 px)."""
+    from chanprune.artifacts import load_artifact
+
+    size = int(load_artifact(base)["input_shape"][-1])
+    return None if size == 28 else size
+
+
+def main_tag(a, base: Path) -> str:
+    """The main suite's setup: the subset and epochs, plus the input size and batch-norm re-estimation
+    where they are not the default (the transfer scenario: Lite0 at 64 px, batch norms re-estimated)."""
+    size = _size(base)
+    return (setup_tag(a.limit, a.epochs) + (f"-{size}px" if size else "")
+            + (f"-bn{a.calibrate_bn}" if a.calibrate_bn else ""))
+
+
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
-    tag = setup_tag(a.limit, a.epochs)
+    tag = main_tag(a, base)
     key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
     if key in rows:
         return rows.get(key)
@@ -133,12 +159,14 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         learn = max(1, a.epochs // 3)
         epochs = ["--epochs", str(learn), "--finetune-epochs", str(a.epochs - learn)]
     run = a.out / f"{arch}_{tag}_t{t}_s{seed}_{method}"
+    size = ["--image-size", str(_size(base))] if _size(base) else []
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
-            "--target", f"{asked:.4f}", *epochs, "--seed", str(seed), *extra]
+            "--target", f"{asked:.4f}", *epochs, "--seed", str(seed), *size, *extra]
     t0 = time.perf_counter()
     run_stage(args, run, done=run_finished(run))
     seconds = time.perf_counter() - t0
-    slim = export(run / "model.pt", run / "slim", "--no-onnx")
+    bn = ["--calibrate-bn", str(a.calibrate_bn), "--data", "fashion-mnist"] if a.calibrate_bn else []
+    slim = export(run / "model.pt", run / "slim", "--no-onnx", *bn)
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     learned = [h for h in hist if "cost_ratio_at_tau" in h]
     import torch
@@ -257,7 +285,7 @@ def _recipe(name: str, seed: int, epochs: int, max_steps: int | None = None):
 
 
 def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
-    tag = setup_tag(a.limit, a.epochs)
+    tag = main_tag(a, base)
     key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
     if key in rows:
         return rows.get(key)
@@ -274,7 +302,8 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
     recipe = recipe or "tp"
     ckpt = load_artifact(base, "chanprune.dense/1")
     model, bundle, _, _, shape = _setup(arch, "fashion-mnist", weights=None, num_classes=None, in_channels=None,
-                                        image_size=None, seed=seed, limit=a.limit, saved_kwargs=ckpt["build_kwargs"])
+                                        image_size=_size(base), seed=seed, limit=a.limit,
+                                        saved_kwargs=ckpt["build_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     teacher = copy.deepcopy(model).eval()
     distill = Distill(teacher) if recipe == "cp" else None
@@ -306,6 +335,12 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
     ft_steps = budget - sparse_steps
     state = fit(pruned, bundle.train, bundle.val, _recipe(recipe, seed, -(-ft_steps // steps_per_epoch), ft_steps),
                 distill=distill)
+    if a.calibrate_bn:  # as chanprune's `export --calibrate-bn` does, on the whole training split
+        from chanprune.data import load_data
+        from chanprune.learn import calibrate_bn_
+
+        calibrate_bn_(pruned, load_data("fashion-mnist", channels=shape[1], size=shape[-1]).train,
+                      batches=a.calibrate_bn)
     seconds = time.perf_counter() - t0
     return rows.add({
         "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
@@ -313,7 +348,8 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
         "val_after_pruning": after, "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
         "train_seconds": round(sparse_seconds + sum(h["epoch_seconds"] for h in state.history), 1),
         "wall_seconds": round(seconds, 1), "steps": budget, "epochs": a.epochs, "limit": a.limit,
-        "command": f"python benchmarks/accuracy.py --arch {arch} --targets {t} --seeds {seed} --methods {method}",
+        "command": f"python benchmarks/accuracy.py --arch {arch} --targets {t} --seeds {seed} --methods {method}"
+                   + (f" --baseline {base} --calibrate-bn {a.calibrate_bn}" if tag != setup_tag(a.limit, a.epochs) else ""),
     })
 
 
@@ -467,6 +503,9 @@ def main():
     ap.add_argument("--limit", type=int, default=LIMIT)
     ap.add_argument("--image-size", type=int, default=None,
                     help="--suite conditional: learn at this size (e.g. 64 for resnet18 with a 64 px --baseline).")
+    ap.add_argument("--calibrate-bn", type=int, default=0, metavar="K",
+                    help="--suite main: every method's batch norms re-estimated on K batches after training "
+                         "(Lite0's momentum is 0.01: the transfer scenario).")
     ap.add_argument("--modes", type=int, default=0, metavar="K",
                     help="--suite conditional: also evaluate each run in the inference modes (threshold, stochastic, "
                          "an ensemble of K stochastic runs).")
@@ -474,6 +513,8 @@ def main():
     a = ap.parse_args()
     if a.image_size and a.suite != "conditional":
         ap.error("--image-size: only --suite conditional takes it (the other suites fix their sizes)")
+    if a.calibrate_bn and a.suite not in ("main", "ablations"):
+        ap.error("--calibrate-bn: the main suite's option (the latency suite always re-estimates)")
     if a.modes and a.suite != "conditional":
         ap.error("--modes: only --suite conditional takes it (the runs with gates to sample)")
     import torch
