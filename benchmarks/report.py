@@ -440,7 +440,10 @@ def conditional_accuracy_section() -> list[str]:
             "(channel gates per input); cd-dependent-layer: `--granularity layer` (one decision per residual "
             "branch, AIG-style); cd-static+dependent: `--gate static+dependent` (learned together); cd-static-layer: "
             "static gates over whole branches (`--granularity layer`: the same blocks removed for every input, the "
-            "paper's Table 4 partner of cd-dependent-layer). For the "
+            "paper's Table 4 partner of cd-dependent-layer); cd-dependent-ft: `--gate dependent --dependent-finetune` (the "
+            "gate network learns for half the budget, then the weights train under its frozen per-input decisions). "
+            "resnet18 (setup -64px): learned at 64 px from the latency grid's 64 px baseline, one seed, for the speed "
+            "rows above. For the "
             "data-dependent ones, FLOPs is each test input's executed FLOPs, averaged (with the range over inputs), "
             "and accuracy is at the threshold tau = 0.5. The paper's claim: conditional computation beats pruning "
             f"at equal FLOPs. Machine: {machines(runs)}."), "",
