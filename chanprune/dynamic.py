@@ -104,13 +104,10 @@ class _Decision(nn.Module):
     def __init__(self, gate: DependentGate, tau: float):
         super().__init__()
         bn, hidden = gate.bn, gate.hidden
-        n = bn.num_features
-        gamma = bn.weight.detach() if bn.weight is not None else torch.ones(n)
-        beta = bn.bias.detach() if bn.bias is not None else torch.zeros(n)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-        b1 = gate.fc1.bias.detach() if gate.fc1.bias is not None else torch.zeros(n)
+        scale, shift = _bn_affine(bn)
+        b1 = gate.fc1.bias.detach() if gate.fc1.bias is not None else torch.zeros(bn.num_features)
         self.register_buffer("w1", gate.fc1.weight.detach() * scale.view(-1, 1))
-        self.register_buffer("b1", (b1 - bn.running_mean) * scale + beta)
+        self.register_buffer("b1", b1 * scale + shift)
         w2, b2 = gate.fc2.weight.detach().view(-1, 2, hidden), gate.fc2.bias.detach().view(-1, 2)
         self.register_buffer("w2", w2[:, 1] - w2[:, 0])
         self.register_buffer("b2", b2[:, 1] - b2[:, 0])
@@ -339,13 +336,19 @@ class _IfConv(nn.Module):
                       self.produces is None)
 
 
-def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The conv's weight and bias with the (eval-mode) batch norm after it folded in."""
+def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode batch norm as y = x * scale + shift, per channel."""
     n = bn.num_features
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones(n)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros(n)
     scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    return w * scale.view(-1, 1, 1, 1), (b - bn.running_mean) * scale + beta
+    return scale, beta - bn.running_mean * scale
+
+
+def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weight and bias with the (eval-mode) batch norm after it folded in."""
+    scale, shift = _bn_affine(bn)
+    return w * scale.view(-1, 1, 1, 1), b * scale + shift
 
 
 def _bn_after(model: nn.Module, convs: set[str]) -> dict[str, str]:
