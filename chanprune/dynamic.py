@@ -127,9 +127,14 @@ def _out_size(c: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
 def _out_hw(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
             dilation: list[int]) -> tuple[int, int]:
     """A 2d conv's output height and width for input x (scriptable: `_if_conv` calls it)."""
-    h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    return h, w
+    return _conv_hw(x.shape[2], x.shape[3], kernel, stride, padding, dilation)
+
+
+def _conv_hw(h: int, w: int, kernel: list[int], stride: list[int], padding: list[int],
+             dilation: list[int]) -> tuple[int, int]:
+    """A 2d conv's output height and width for an h x w input (scriptable)."""
+    return ((h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
+            (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1)
 
 
 class _DynamicBN(nn.Module):
@@ -320,10 +325,7 @@ class _IfConv(nn.Module):
         self.decide = _Decision(gate, tau) if gate is not None else None
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
         self.kernel, self.out_channels = list(conv.kernel_size), conv.out_channels
-        w = conv.weight.detach().clone()
-        b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
-        if bn is not None:
-            w, b = _fold_bn(w, b, bn)
+        w, b = _folded(conv, bn)
         self.register_buffer("w", w)
         self.register_buffer("b", b)
 
@@ -349,6 +351,13 @@ def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torc
     """The conv's weight and bias with the (eval-mode) batch norm after it folded in."""
     scale, shift = _bn_affine(bn)
     return w * scale.view(-1, 1, 1, 1), b * scale + shift
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of the conv's weight and bias (zeros when it has none), the batch norm after it folded in."""
+    w = conv.weight.detach().clone()
+    b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+    return _fold_bn(w, b, bn) if bn is not None else (w, b)
 
 
 def _bn_after(model: nn.Module, convs: set[str]) -> dict[str, str]:
@@ -382,8 +391,7 @@ def _if_branch(x: torch.Tensor, on: torch.Tensor, w1: torch.Tensor, b1: torch.Te
             h = F.relu(h)
         return F.conv2d(h, w2, b2, s2, p2, d2)
     h1, wd1 = _out_hw(x, k1, s1, p1, d1)
-    h2 = (h1 + 2 * p2[0] - d2[0] * (k2[0] - 1) - 1) // s2[0] + 1
-    wd2 = (wd1 + 2 * p2[1] - d2[1] * (k2[1] - 1) - 1) // s2[1] + 1
+    h2, wd2 = _conv_hw(h1, wd1, k2, s2, p2, d2)
     return b2.view(1, -1, 1, 1).expand(x.shape[0], out_channels, h2, wd2).contiguous()
 
 
@@ -397,10 +405,7 @@ class _IfBranch(nn.Module):
         self.decide = _Decision(gate, tau)
         self.relu, self.out_channels = relu, consumer.out_channels
         for i, (conv, bn) in enumerate(((producer, bn1), (consumer, bn2)), 1):
-            w = conv.weight.detach().clone()
-            b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
-            if bn is not None:
-                w, b = _fold_bn(w, b, bn)
+            w, b = _folded(conv, bn)
             self.register_buffer(f"w{i}", w)
             self.register_buffer(f"b{i}", b)
             setattr(self, f"geometry{i}", [list(conv.stride), list(conv.padding), list(conv.dilation),
