@@ -48,17 +48,22 @@ class Counter:
 
     def __init__(self, mp):
         self.points = self.models = 0
-        point, models = prof._time_runner, prof._time_models
+        point, kernel, models = prof._time_runner, prof.kernel_ms, prof._time_models
 
         def count_point(*a, **k):
             self.points += 1
             return point(*a, **k)
+
+        def count_kernel(*a, **k):
+            self.points += 1
+            return kernel(*a, **k)
 
         def count_models(*a, **k):
             self.models += 1
             return models(*a, **k)
 
         mp.setattr(prof, "_time_runner", count_point)
+        mp.setattr(prof, "kernel_ms", count_kernel)
         mp.setattr(prof, "_time_models", count_models)
 
 
@@ -295,6 +300,32 @@ def test_library_bad_inputs(monkeypatch, tmp_path):
         prof.profile_model(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), [1, 3, 2, 2], cache=False)
 
 
+def test_kernel_timing_leaves_the_reorders_out(tmp_path):
+    """A lone blocked conv pays a reorder on each side that a conv inside a model does not: the
+    kernel time leaves them out, and is below the session call's wall time."""
+    from chanprune.export import export_onnx
+    from chanprune.measure.latency import LAYOUT_OPS, kernel_ms, make_runner
+
+    conv = nn.Conv2d(32, 32, 3, padding=1).eval()
+    path = export_onnx(conv, torch.zeros(1, 32, 28, 28), tmp_path / "conv.onnx")
+    shape = [1, 32, 28, 28]
+    without = kernel_ms(path, shape, threads=1, budget_s=0.05)
+    with_reorders = kernel_ms(path, shape, threads=1, budget_s=0.05, skip=())
+    assert 0 < without <= with_reorders * 1.5  # separate runs: only the sign is sure, with noise
+    assert kernel_ms(path, shape, threads=1, budget_s=0.05, skip=("Conv", "FusedConv", *LAYOUT_OPS)) < without
+    assert without < prof._time_runner(make_runner(path, "ort-cpu", shape, threads=1), 0.05) * 1.5
+
+
+def test_the_table_records_its_timing_and_kernel_points_are_not_wall_points(profiled, monkeypatch):
+    assert profiled["table"].meta["timing"] == "wall"  # the default
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(profiled["cache"]))
+    c = Counter(monkeypatch)
+    kernel = _profile(timing="kernel")
+    assert kernel.meta["timing"] == "kernel" and kernel.meta["cache"]["hit"] is False
+    assert c.points == kernel.meta["points_timed"] > 0 and kernel.meta["points_reused"] == 0
+    assert all(v > 0 for lay in kernel.layers for rows in lay.ms.values() for r in rows for v in r)
+
+
 # ----------------------------------------------------------------------------- the command
 def invoke(*args):
     return CliRunner().invoke(main, list(args))
@@ -316,6 +347,8 @@ def garbage(tmp_path) -> Path:
     (["--arch", "tests.nets:chain", "--batch-size", "0"], "--batch-size"),
     (["--arch", "tests.nets:chain", "--batch-size", "1,a"], "--batch-size"),
     (["--arch", "tests.nets:chain", "--samples", "1"], "--samples"),
+    (["--arch", "tests.nets:chain", "--timing", "cpu"], "--timing"),
+    (["--arch", "tests.nets:chain", "--timing", "kernel", "--backend", "torch-cpu"], "--timing kernel"),
     (["--arch", "tests.nets:chain", "--weights", "GARBAGE"], "w.pt"),
     (["--arch", "tests.nets:chain", "--weights", "/no/such/file.pt"], "file.pt"),
 ])

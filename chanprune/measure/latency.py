@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_session", "make_runner", "measure_interleaved", "ratio_stats"]
+__all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_session", "make_runner", "measure_interleaved",
+           "ratio_stats", "kernel_ms", "LAYOUT_OPS"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 
@@ -49,11 +50,14 @@ def available_backends() -> dict[str, str | None]:
     }
 
 
-def make_session(target, backend: str, *, threads: int):
-    """An onnxruntime session on `target` (an ONNX path) with the deployment's settings."""
+def make_session(target, backend: str, *, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime session on `target` (an ONNX path) with the deployment's settings (and, with
+    `profile_prefix`, onnxruntime's profiler on, writing there)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if profile_prefix is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -84,6 +88,48 @@ def make_runner(target, backend: str, shape: list[int], *, threads: int) -> Call
             torch.cuda.synchronize()
 
     return run
+
+
+# onnxruntime's layout changes around channels-blocked (NCHWc) nodes: a lone conv pays one on each
+# side, a conv inside a model between two blocked neighbours pays none
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+
+
+def kernel_ms(target, shape: list[int], *, threads: int, budget_s: float, max_runs: int = 500,
+              skip=LAYOUT_OPS) -> float:
+    """The median over runs of the time onnxruntime's CPU kernels spend in one run of the ONNX file
+    `target`, the nodes whose op is in `skip` left out (its own profiler, deployment settings).
+
+    This is what a layer costs inside a model, timed alone: the session call and the reorders
+    around a lone blocked conv, which a whole model pays once or not at all, are not in it. Runs: a
+    warm-up, then as many as fit `budget_s` (3 to `max_runs`)."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="chanprune-kernel-") as tmp:
+        sess = make_session(target, "ort-cpu", threads=threads, profile_prefix=os.path.join(tmp, "profile"))
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        sess.run(None, {name: x})
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        once = time.perf_counter() - t0
+        runs = int(min(max_runs, max(3, budget_s / max(once, 1e-6))))
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per_run = np.zeros(runs + 2)
+    seen: dict[str, int] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        i = seen.get(e["name"], 0)  # the k-th event of a node belongs to the k-th run
+        seen[e["name"]] = i + 1
+        if i < len(per_run) and e.get("args", {}).get("op_name") not in skip:
+            per_run[i] += e["dur"] / 1000.0
+    return float(np.median(per_run[2:]))
 
 
 def measure_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int = 5, rounds: int = 15,
