@@ -217,6 +217,8 @@ def trained(a) -> None:
     g = GatedModel.load(a.trained)
     learned = list(g.input_shape)
     key = f"trained/{dyn_row['key']}" + (f"/at{a.size}" if a.size and a.size != learned[2] else "")
+    if static_row["target"] != dyn_row["target"]:  # a static model of another budget (of equal accuracy, say)
+        key += f"/vs-{static_row['method']}-t{static_row['target']}"
     if key in rows:
         print(f"{key}: done")
         return
@@ -268,7 +270,7 @@ def trained(a) -> None:
     per_image = {k: sorted(v)[len(v) // 2] / len(one) for k, v in times.items()}
     speedup = {k: 1 / ratio_stats(times[k], times[f"{k.split()[0]} dense"])[0] for k in times if not k.endswith("dense")}
     row = {"key": key, "arch": g.arch, "method": dyn_row["method"], "target": dyn_row["target"], "seed": dyn_row["seed"],
-           "static_method": static_row["method"], "inputs": len(one), "input_shape": shape, "learned_shape": learned, "batch": 1, "threads": 2,
+           "static_method": static_row["method"], "static_target": static_row["target"], "inputs": len(one), "input_shape": shape, "learned_shape": learned, "batch": 1, "threads": 2,
            "granularity": gates.granularity, "executed_flops_ratio": float(executed.mean()),
            "executed_flops_range": [float(executed.min()), float(executed.max())],
            "static_flops_ratio": static_row["flops_ratio"], "test_accuracy": dyn_row["test_accuracy"],

@@ -383,16 +383,55 @@ def latency_accuracy_section() -> list[str]:
     return out + [""]
 
 
+def profile_timing_section() -> list[str]:
+    rows = load("profile_timing")
+    if not rows:
+        return []
+    out = ["#### What a table's point times: the whole call or the kernels", "",
+           ("`python benchmarks/profile_timing.py` (rows: `benchmarks/results/profile_timing.jsonl`): `chanprune "
+            "profile --timing wall` (the default: each one-layer graph's session call, reorders and call overhead "
+            "included) against `--timing kernel` (onnxruntime's own profile of the same graph, its kernels only, the "
+            "layout reorders around a lone blocked conv left out), each calibrated against the same kind of whole "
+            "cut models (the dense one and 3 random aligned plans in the fit, one more held out), run one after the "
+            "other, alone. Relative error of the calibrated prediction: worst over the fitted models / on the "
+            f"held-out plan. Bold: the better of the two. Machine: {machines(rows)}."), "",
+           "| arch | input | timing | seconds | b1 worst | b1 holdout | b32 worst | b32 holdout | b1 scale, offset ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["arch"], r["timing"]): r for r in rows}
+    for r in rows:
+        other = by.get((r["arch"], "kernel" if r["timing"] == "wall" else "wall"))
+
+        def cell(b, k, r=r, other=other):
+            c = r["calibration"].get(b)
+            if c is None:
+                return "-"
+            v = c["max_abs_rel_error"] if k == "worst" else c["holdout_rel_error"]
+            o = None
+            if other and b in other["calibration"]:
+                oc = other["calibration"][b]
+                o = oc["max_abs_rel_error"] if k == "worst" else oc["holdout_rel_error"]
+            text = f"{v:+.1%}" if k == "holdout" else f"{v:.1%}"
+            return f"**{text}**" if o is not None and abs(v) < abs(o) else text
+
+        c1 = r["calibration"]["1"]
+        shape = "x".join(map(str, r["input_shape"][2:]))
+        out.append(f"| {r['arch']} | {shape} | {r['timing']} | {r['seconds']:.0f} | {cell('1', 'worst')} | "
+                   f"{cell('1', 'holdout')} | {cell('32', 'worst')} | {cell('32', 'holdout')} | "
+                   f"{c1['scale']:.2f}, {c1['offset_ms']:.2f} |")
+    return out + [""]
+
+
 def conditional_trained_section() -> list[str]:
     rows = [r for r in load("conditional") if r["key"].startswith("trained/")]
     if not rows:
         return []
-    out = ["#### Trained: the dynamic model against the static model of the same budget (batch 1)", "",
+    out = ["#### Trained: the dynamic model against a static model (batch 1)", "",
            ("`python benchmarks/conditional.py --trained RUN --static STATIC_RUN` (rows: "
             "`benchmarks/results/conditional.jsonl`, keys `trained/...`). The runs of the conditional accuracy suite "
             "(below), timed on the same test images one at a time, in turn (each image takes its own path), 2 threads. "
             "Speedups over the dense architecture on the same backend; static: the suite's cd-static slim model "
-            "(exported without `--round-to`). torch dynamic: `dynamic_model`; ort: `onnx_dynamic_model` by gathers, or "
+            "(exported without `--round-to`) of the same seed, at the same target t unless the column names "
+            "another (a static model of about equal accuracy). torch dynamic: `dynamic_model`; ort: `onnx_dynamic_model` by gathers, or "
             f"`if` at layer granularity. Machine: {machines(rows)}."), "",
            "| arch | input (learned at) | method (t, seed) | executed FLOPs (range) | test acc. | static: FLOPs, test acc. | "
            "torch: masked | torch: dynamic | torch: static | ort: masked | ort: gather | ort: if | ort: static | "
@@ -407,15 +446,18 @@ def conditional_trained_section() -> list[str]:
         best = {b: max(v for k, v in sp.items() if k.startswith(b) and k.split()[1] in ("dynamic", "gather", "if"))
                 for b in ("torch", "ort")}
         fid = ", ".join(f"{best[b] * r['executed_flops_ratio']:.2f}" for b in ("torch", "ort"))
+        other_t = r.get("static_target", r["target"]) != r["target"]
+        static_t = f"(t={r['static_target']}) " if other_t else ""
         out.append(f"| {r['arch']} | {size} ({learned}) | {r['method']} ({r['target']}, {r['seed']}) | "
                    f"{r['executed_flops_ratio']:.3f} ({lo:.2f}-{hi:.2f}) | {pct(r['test_accuracy'])} | "
-                   f"{r['static_flops_ratio']:.3f}, {pct(r['static_test_accuracy'])} | {cell('torch masked')} | "
+                   f"{static_t}{r['static_flops_ratio']:.3f}, {pct(r['static_test_accuracy'])} | {cell('torch masked')} | "
                    f"{cell('torch dynamic')} | {cell('torch static')} | {cell('ort masked')} | {cell('ort gather')} | "
                    f"{cell('ort if')} | {cell('ort static')} | {fid} |")
         acc = "more" if r["test_accuracy"] > r["static_test_accuracy"] else "less"
         faster = [b for b in ("torch", "ort") if best[b] > sp[f"{b} static"]]
         notes.append(f"- {r['arch']} at {size}, {r['method']} (t={r['target']}, seed {r['seed']}): the dynamic model is "
-                     f"{acc} accurate than the static one ({pct(r['test_accuracy'])} against "
+                     f"{acc} accurate than the static one" + (f" of t={r['static_target']}" if other_t else "")
+                     + f" ({pct(r['test_accuracy'])} against "
                      f"{pct(r['static_test_accuracy'])}) and "
                      + ("faster on " + " and ".join(faster) if faster else "slower on both backends")
                      + f" (best dynamic {best['torch']:.2f}x / {best['ort']:.2f}x against static "
@@ -651,7 +693,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + profile_timing_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():
