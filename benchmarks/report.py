@@ -391,27 +391,27 @@ def profile_timing_section() -> list[str]:
            ("`python benchmarks/profile_timing.py` (rows: `benchmarks/results/profile_timing.jsonl`): `chanprune "
             "profile --timing wall` (the default: each one-layer graph's session call, reorders and call overhead "
             "included) against `--timing kernel` (onnxruntime's own profile of the same graph, its kernels only, the "
-            "layout reorders around a lone blocked conv left out), each calibrated against the same kind of whole "
+            "layout reorders around a lone blocked conv left out) and `wall+context` (`--in-context`: each layer's "
+            "row then corrected to its kernel time inside the calibration models), each calibrated against the same kind of whole "
             "cut models (the dense one and 3 random aligned plans in the fit, one more held out), run one after the "
             "other, alone. Relative error of the calibrated prediction: worst over the fitted models / on the "
-            f"held-out plan. Bold: the better of the two. Machine: {machines(rows)}."), "",
+            f"held-out plan. Bold: the best of the variants. Machine: {machines(rows)}."), "",
            "| arch | input | timing | seconds | b1 worst | b1 holdout | b32 worst | b32 holdout | b1 scale, offset ms |",
            "|---|---|---|---|---|---|---|---|---|"]
-    by = {(r["arch"], r["timing"]): r for r in rows}
-    for r in rows:
-        other = by.get((r["arch"], "kernel" if r["timing"] == "wall" else "wall"))
+    def err(r, b, k):
+        c = r["calibration"].get(b)
+        return None if c is None else c["max_abs_rel_error"] if k == "worst" else c["holdout_rel_error"]
 
-        def cell(b, k, r=r, other=other):
-            c = r["calibration"].get(b)
-            if c is None:
+    for r in rows:
+        others = [o for o in rows if o["arch"] == r["arch"] and o is not r]
+
+        def cell(b, k, r=r, others=others):
+            v = err(r, b, k)
+            if v is None:
                 return "-"
-            v = c["max_abs_rel_error"] if k == "worst" else c["holdout_rel_error"]
-            o = None
-            if other and b in other["calibration"]:
-                oc = other["calibration"][b]
-                o = oc["max_abs_rel_error"] if k == "worst" else oc["holdout_rel_error"]
+            rest = [abs(e) for e in (err(o, b, k) for o in others) if e is not None]
             text = f"{v:+.1%}" if k == "holdout" else f"{v:.1%}"
-            return f"**{text}**" if o is not None and abs(v) < abs(o) else text
+            return f"**{text}**" if rest and abs(v) < min(rest) else text
 
         c1 = r["calibration"]["1"]
         shape = "x".join(map(str, r["input_shape"][2:]))

@@ -55,7 +55,7 @@ from .errors import ArtifactError, ChanpruneError
 from .export import export_onnx
 from .freeze import random_plan, round_plan
 from .graph import ChannelGraph, find_groups
-from .measure.latency import BACKENDS, available_backends, kernel_ms, make_runner, measure_interleaved
+from .measure.latency import BACKENDS, available_backends, kernel_ms, make_runner, measure_interleaved, node_kernel_ms
 from .measure.lut import LUT_VERSION, LatencyTable, LayerTable, default_block, kept_counts, machine_info
 from .zoo import build_model
 
@@ -327,9 +327,109 @@ def _calibration_plans(graph: ChannelGraph, n: int, block: int, seed: int) -> tu
     return fit, holdout
 
 
+_COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+# what onnxruntime may fuse into the conv or gemm before it (activations, a folded batch norm, a residual sum)
+_FUSABLE_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "BatchNormalization", "Add", "Mul",
+                "Identity")
+
+
+def _call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the model's conv and linear layers, in the order its forward calls them."""
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: order.append(name))
+             for name, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _node_layers(onnx_path: Path, order: list[str]) -> dict[str, str] | None:
+    """onnxruntime node name -> layer, for an exported model whose i-th Conv/Gemm/MatMul node is the
+    i-th layer call of `order`; None where the counts differ (the pairing would be a guess).
+
+    onnxruntime keeps an unfused node's ONNX name and names a fused one after the output it writes
+    (plus `_nchwc` when blocked), so each layer claims its node's name and the outputs of the chain
+    of fusable ops after it (one consumer each). An output two layers claim (a sum of two convs) is
+    nobody's: its time stays out of the per-layer fit."""
+    import onnx
+
+    g = onnx.load(str(onnx_path)).graph
+    compute = [n for n in g.node if n.op_type in _COMPUTE_OPS]
+    if len(compute) != len(order):
+        return None
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    names: dict[str, str] = {}
+    claims: dict[str, set[str]] = {}
+    for node, layer in zip(compute, order):
+        names[node.name] = layer
+        t = node.output[0]
+        for _ in range(4):
+            claims.setdefault(t, set()).add(layer)
+            u = users.get(t, [])
+            if len(u) != 1 or u[0].op_type not in _FUSABLE_OPS:
+                break
+            t = u[0].output[0]
+    for t, layers in claims.items():
+        if len(layers) == 1:
+            (layer,) = layers
+            names.setdefault(t, layer)
+            names.setdefault(f"{t}_nchwc", layer)
+    return names
+
+
+def _in_context(table: LatencyTable, targets: dict[str, Path], orders: dict[str, list[str]],
+                counts: dict[str, dict], fit_names: list[str], b: int, shape: list[int], *, threads: int,
+                budget_s: float) -> dict:
+    """Correct each layer's row of the table at batch b to its kernel time inside the whole models.
+
+    Each fitted model (the dense one and the random plans) runs under onnxruntime's profiler; a
+    layer's in-context time is the kernel time of its nodes (`_node_layers`). Per layer, over the
+    models, ctx = a * table + c is fitted (a > 0; through the origin where that fails or there is one
+    distinct point), and the layer's grid becomes max(a * ms + c, ms / 20): what a lone layer pays
+    and a layer inside a model does not (the session call, the reorders around it) goes, and the
+    table stays monotone and bilinear between its points."""
+    ctx: dict[str, dict[str, float]] = {}
+    unmapped = []
+    for name in fit_names:
+        names = _node_layers(targets[name], orders[name])
+        if names is None:
+            unmapped.append(name)
+            continue
+        per = {}
+        for node, (_, ms) in node_kernel_ms(targets[name], shape, threads=threads, budget_s=budget_s).items():
+            layer = names.get(node)
+            if layer is not None:
+                per[layer] = per.get(layer, 0.0) + ms
+        ctx[name] = per
+    corrected = {}
+    for lt in table.layers:
+        pts = [(float(lt.at(*counts[n][lt.module], b)), ctx[n][lt.module]) for n in ctx if lt.module in ctx[n]]
+        pts = [(x, y) for x, y in pts if x > 0 and y > 0]
+        if not pts:
+            continue
+        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        a = c = float("nan")
+        if len(pts) >= 2 and np.ptp(xs) > 0:
+            a, c = (float(v) for v in np.polyfit(xs, ys, 1))
+        if not (math.isfinite(a) and a > 0):
+            a, c = float(ys.sum() / xs.sum()), 0.0
+        lt.ms[str(b)] = [[max(a * v + c, v / 20) for v in row] for row in lt.ms[str(b)]]
+        lt.__dict__.pop("_cache", None)
+        lt.attrs.setdefault("context", {})[str(b)] = [a, c]
+        corrected[lt.module] = [a, c]
+    return {"layers": len(corrected), "of": len(table.layers), "models": len(ctx), "unmapped_models": unmapped}
+
+
 def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: torch.Tensor, *, plans: int,
                seed: int, backend: str, threads: int, budget_s: float, tmp: Path,
-               progress: Progress | None) -> dict[str, dict]:
+               progress: Progress | None, in_context: bool = False) -> dict[str, dict]:
     fit, holdout = _calibration_plans(graph, plans, table.block, seed)
     models = {"dense": (1.0, None, None, model)}
     for k, s, plan in [*fit, holdout]:
@@ -342,6 +442,7 @@ def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: to
         counts = kept_counts(table, graph, ones if plan is None else plan.keep_masks(graph))
         sums[name] = counts
     hold_name = list(models)[-1]
+    orders = {name: _call_order(m, x) for name, (*_, m) in models.items()} if in_context else {}
     out = {}
     for b in table.batch_sizes:
         if progress:
@@ -350,8 +451,11 @@ def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: to
         runners = {name: make_runner(t, backend, shape, threads=threads) for name, t in targets.items()}
         measured = _time_models(runners, budget_s)
         del runners
-        layer_ms = {name: float(sum(t.at(*sums[name][t.module], b) for t in table.layers)) for name in models}
         in_fit = [n for n in models if n != hold_name]
+        context = None
+        if in_context:
+            context = _in_context(table, targets, orders, sums, in_fit, b, shape, threads=threads, budget_s=budget_s)
+        layer_ms = {name: float(sum(t.at(*sums[name][t.module], b) for t in table.layers)) for name in models}
         scale, offset = _fit([layer_ms[n] for n in in_fit], [measured[n] for n in in_fit])
 
         def row(name):
@@ -366,6 +470,8 @@ def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: to
                        "layers_dense_ms": layer_ms["dense"],
                        "error": {"plans": rows, "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows)},
                        "holdout": hold}
+        if context is not None:
+            out[str(b)]["context"] = context
         if progress:
             progress("calibrated", {"batch": b, **out[str(b)]})
     return out
@@ -445,7 +551,8 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
                   arch: str | None = None, num_classes: int | None = None, backend: str = "ort-cpu",
                   threads: int = 2, batch_sizes=(1,), block: int | None = None, samples: int = 4,
                   calibration_plans: int = 3, cache: bool = True, point_seconds: float = POINT_SECONDS,
-                  seed: int = 0, timing: str = "wall", progress: Progress | None = None) -> LatencyTable:
+                  seed: int = 0, timing: str = "wall", in_context: bool = False,
+                  progress: Progress | None = None) -> LatencyTable:
     """Measure the latency table of a model on this machine (see the module's docstring).
 
     Args:
@@ -467,6 +574,9 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             graph, its kernels' time without the layout reorders around a lone blocked conv
             (`measure.latency.kernel_ms`). Measured against whole models neither fits better
             everywhere (README, "Latency as the budget"), so wall, the older, stays the default.
+        in_context: (ort-cpu only) before the whole-model fit, correct each layer's row to its
+            kernel time inside the calibration models (`_in_context`): onnxruntime's profile of each
+            whole model, its nodes paired with the layers.
         progress: `progress(stage, info)` with stage "graph", "layer", "calibrate", "calibrated"
             or "cached".
 
@@ -479,6 +589,10 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         raise ChanpruneError(f"--timing {timing!r}: choose from {', '.join(TIMINGS)}")
     if timing == "kernel" and backend != "ort-cpu":
         raise ChanpruneError(f"--timing kernel needs --backend ort-cpu (onnxruntime's CPU profiler), not {backend}")
+    if in_context and backend != "ort-cpu":
+        raise ChanpruneError(f"--in-context needs --backend ort-cpu (onnxruntime's CPU profiler), not {backend}")
+    if in_context and calibration_plans < 1:
+        raise ChanpruneError("--in-context needs --calibration-plans >= 1: the layers are fitted on whole models")
     block = default_block(backend) if block is None else block
     model, arch = _build(model, arch, weights, num_classes, input_shape[1])
     was_training = model.training
@@ -494,7 +608,8 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         settings = {"arch": arch, "fingerprint": _fingerprint(model), "input_shape": list(input_shape[1:]),
                     "backend": backend, "threads": threads, "batch_sizes": sizes, "block": block, "samples": samples,
                     "calibration_plans": calibration_plans, "point_seconds": point_seconds, "seed": seed,
-                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": "offset>=0", "timing": timing}
+                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": "offset>=0", "timing": timing,
+                    **({"in_context": True} if in_context else {})}
         root = cache_root() / "profiles"
         path = root / f"{_sha(settings)}.json"
         if cache and path.is_file():
@@ -550,7 +665,8 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             table = LatencyTable(arch, list(input_shape[1:]), backend, threads, sizes, block, machine, layer_tables, {})
             t_cal = time.perf_counter()
             table.calibration = _calibrate(table, model, graph, x, plans=calibration_plans, seed=seed, backend=backend,
-                                           threads=threads, budget_s=10 * point_seconds, tmp=tmp, progress=progress)
+                                           threads=threads, budget_s=10 * point_seconds, tmp=tmp, progress=progress,
+                                           in_context=in_context)
         n_points = sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)
         table.meta = {
             "samples": samples, "point_seconds": point_seconds, "calibration_plans": calibration_plans, "seed": seed,
@@ -559,7 +675,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             "points_timed": points.timed, "points_reused": points.reused,
             "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
                          + ": Conv/Linear of the kept shape with bias, no activation"),
-            "timing": timing,
+            "timing": timing, "in_context": in_context,
             "grouped_convs": "gated sides timed at multiples of lcm(block, groups), plus the full width",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cache": {"hit": False, "path": str(path) if cache else None},

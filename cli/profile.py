@@ -100,13 +100,15 @@ def _pct(x) -> str:
 @click.option("--timing", type=click.Choice(["wall", "kernel"]), default="wall", show_default=True,
               help="A point's time: wall = the whole session call; kernel = onnxruntime's profile of its kernels, "
                    "without the reorders a lone layer pays (ort-cpu only).")
+@click.option("--in-context", is_flag=True, default=False,
+              help="Correct each layer to its kernel time inside the calibration models (onnxruntime's profile; ort-cpu).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse a cached table (and timed points) from $CHANPRUNE_CACHE/profiles.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the table (default: profiles/<arch>-<H>x<W>-<backend>.json).")
 @handle_errors
 def profile(arch, weights, num_classes, input_shape, backend, threads, batch_sizes, block, samples, calibration_plans,
-            point_seconds, timing, cache, out, as_json):
+            point_seconds, timing, in_context, cache, out, as_json):
     """Measure the latency table of --arch on this machine: each gated conv and linear layer timed as a
     one-layer ONNX graph on a grid of kept channel counts (multiples of --block), with the
     deployment's session settings, then calibrated against whole cut models per batch size.
@@ -122,7 +124,7 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
         table = profile_model(arch, input_shape, weights=weights, num_classes=num_classes, backend=backend,
                               threads=threads, batch_sizes=sizes, block=block, samples=samples,
                               calibration_plans=calibration_plans, point_seconds=point_seconds, cache=cache,
-                              timing=timing, progress=lines)
+                              timing=timing, in_context=in_context, progress=lines)
     finally:
         lines.close()
     table.save(out)
@@ -132,7 +134,7 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
          "threads": table.threads, "block": table.block, "batch_sizes": table.batch_sizes, "cached": hit,
          "cache_path": (m.get("cache") or {}).get("path"), "layers": len(table.layers),
          "unique_layers": m.get("unique_layers"), "points": m.get("points"), "points_timed": m.get("points_timed"),
-         "seconds": m.get("seconds"), "timing": m.get("timing"), "machine": table.machine,
+         "seconds": m.get("seconds"), "timing": m.get("timing"), "in_context": m.get("in_context", False), "machine": table.machine,
          "calibration": {b: {"dense_ms": c["dense_ms"], "scale": c["scale"], "offset_ms": c["offset_ms"],
                              "max_abs_rel_error": c["error"]["max_abs_rel_error"],
                              "holdout_rel_error": c["holdout"]["rel_error"]} for b, c in table.calibration.items()}}

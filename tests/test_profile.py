@@ -326,6 +326,40 @@ def test_the_table_records_its_timing_and_kernel_points_are_not_wall_points(prof
     assert all(v > 0 for lay in kernel.layers for rows in lay.ms.values() for r in rows for v in r)
 
 
+def test_every_kernel_of_a_layer_is_paired_with_it(tmp_path):
+    """The i-th Conv/Gemm node is the i-th layer call; onnxruntime's names (kept, or the fused
+    output's, `_nchwc` when blocked) all lead back to a layer."""
+    from chanprune.export import export_onnx
+    from chanprune.measure.latency import node_kernel_ms
+
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    x = torch.zeros(SHAPE)
+    order = prof._call_order(model, x)
+    assert order == ["stem.0", "expand.0", "dw.0", "grouped.0", "project.0", "fc"]
+    path = export_onnx(model, x, tmp_path / "m.onnx")
+    names = prof._node_layers(path, order)
+    assert names is not None
+    nodes = node_kernel_ms(path, SHAPE, threads=1, budget_s=0.02)
+    compute = {n: op for n, (op, _) in nodes.items() if op in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul")}
+    assert compute and all(n in names for n in compute), (compute, names)
+    assert sorted({names[n] for n in compute}) == sorted(order)
+    assert prof._node_layers(path, order[:-1]) is None  # counts differ: no pairing, no guess
+
+
+def test_in_context_corrects_every_layer_and_keeps_the_table_positive(monkeypatch, tmp_path):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    table = _profile(in_context=True)
+    ctx = table.calibration["1"]["context"]
+    assert ctx["layers"] == ctx["of"] == len(table.layers) and ctx["models"] == 3 and not ctx["unmapped_models"]
+    for lay in table.layers:
+        a, c = lay.attrs["context"]["1"]
+        assert a > 0 and math.isfinite(c)
+        assert all(v > 0 for row in lay.ms["1"] for v in row)
+    assert table.meta["in_context"] is True
+    assert _profile().meta["cache"]["hit"] is False  # another table: not the in-context one from the cache
+
+
 # ----------------------------------------------------------------------------- the command
 def invoke(*args):
     return CliRunner().invoke(main, list(args))
@@ -348,6 +382,8 @@ def garbage(tmp_path) -> Path:
     (["--arch", "tests.nets:chain", "--batch-size", "1,a"], "--batch-size"),
     (["--arch", "tests.nets:chain", "--samples", "1"], "--samples"),
     (["--arch", "tests.nets:chain", "--timing", "cpu"], "--timing"),
+    (["--arch", "tests.nets:chain", "--in-context", "--backend", "torch-cpu"], "--in-context"),
+    (["--arch", "tests.nets:chain", "--in-context", "--calibration-plans", "0"], "--in-context"),
     (["--arch", "tests.nets:chain", "--timing", "kernel", "--backend", "torch-cpu"], "--timing kernel"),
     (["--arch", "tests.nets:chain", "--weights", "GARBAGE"], "w.pt"),
     (["--arch", "tests.nets:chain", "--weights", "/no/such/file.pt"], "file.pt"),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_session", "make_runner", "measure_interleaved",
-           "ratio_stats", "kernel_ms", "LAYOUT_OPS"]
+           "ratio_stats", "kernel_ms", "node_kernel_ms", "LAYOUT_OPS"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 
@@ -95,14 +95,11 @@ def make_runner(target, backend: str, shape: list[int], *, threads: int) -> Call
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 
 
-def kernel_ms(target, shape: list[int], *, threads: int, budget_s: float, max_runs: int = 500,
-              skip=LAYOUT_OPS) -> float:
-    """The median over runs of the time onnxruntime's CPU kernels spend in one run of the ONNX file
-    `target`, the nodes whose op is in `skip` left out (its own profiler, deployment settings).
-
-    This is what a layer costs inside a model, timed alone: the session call and the reorders
-    around a lone blocked conv, which a whole model pays once or not at all, are not in it. Runs: a
-    warm-up, then as many as fit `budget_s` (3 to `max_runs`)."""
+def _profiled_runs(target, shape: list[int], *, threads: int, budget_s: float, max_runs: int,
+                   min_runs: int = 3) -> tuple[int, list[dict]]:
+    """Run the ONNX file `target` under onnxruntime's profiler: a warm-up pair, then as many runs as
+    fit `budget_s` (`min_runs` to `max_runs`). Returns the number of timed runs and the kernel
+    events, each node's k-th event belonging to the k-th run (the two warm-ups first)."""
     import json
     import os
     import tempfile
@@ -115,21 +112,45 @@ def kernel_ms(target, shape: list[int], *, threads: int, budget_s: float, max_ru
         t0 = time.perf_counter()
         sess.run(None, {name: x})
         once = time.perf_counter() - t0
-        runs = int(min(max_runs, max(3, budget_s / max(once, 1e-6))))
+        runs = int(min(max_runs, max(min_runs, budget_s / max(once, 1e-6))))
         for _ in range(runs):
             sess.run(None, {name: x})
         with open(sess.end_profiling()) as f:
             events = json.load(f)
+    return runs, [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+
+
+def kernel_ms(target, shape: list[int], *, threads: int, budget_s: float, max_runs: int = 500,
+              skip=LAYOUT_OPS) -> float:
+    """The median over runs of the time onnxruntime's CPU kernels spend in one run of the ONNX file
+    `target`, the nodes whose op is in `skip` left out (its own profiler, deployment settings).
+
+    This is what a layer costs inside a model, timed alone: the session call and the reorders
+    around a lone blocked conv, which a whole model pays once or not at all, are not in it. Runs: a
+    warm-up, then as many as fit `budget_s` (3 to `max_runs`)."""
+    runs, events = _profiled_runs(target, shape, threads=threads, budget_s=budget_s, max_runs=max_runs)
     per_run = np.zeros(runs + 2)
     seen: dict[str, int] = {}
     for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
         i = seen.get(e["name"], 0)  # the k-th event of a node belongs to the k-th run
         seen[e["name"]] = i + 1
         if i < len(per_run) and e.get("args", {}).get("op_name") not in skip:
             per_run[i] += e["dur"] / 1000.0
     return float(np.median(per_run[2:]))
+
+
+def node_kernel_ms(target, shape: list[int], *, threads: int, budget_s: float, max_runs: int = 200) -> dict[str, tuple[str, float]]:
+    """Per node of the graph onnxruntime runs (after its fusions): (op, median kernel milliseconds
+    per run), from its own profiler. Node names are onnxruntime's: a fused node is named after
+    the output it writes (with `_nchwc` when blocked), an untouched one keeps its ONNX name."""
+    runs, events = _profiled_runs(target, shape, threads=threads, budget_s=budget_s, max_runs=max_runs, min_runs=5)
+    per: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for e in events:
+        name = e["name"][: -len("_kernel_time")]
+        per.setdefault(name, []).append(e["dur"] / 1000.0)
+        ops[name] = e.get("args", {}).get("op_name", "")
+    return {n: (ops[n], float(np.median(v[2:] if len(v) > 2 else v))) for n, v in per.items()}
 
 
 def measure_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int = 5, rounds: int = 15,
