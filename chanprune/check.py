@@ -25,7 +25,7 @@ from .errors import UnknownArchError, UnsupportedModelError
 from .export import DEFAULT_ATOL, DEFAULT_RTOL, export_onnx, max_abs_diff, onnx_session, run_onnx, within_tolerance
 from .freeze import random_plan
 from .gates import GateSet, attach_gates
-from .graph import ChannelGraph, find_groups
+from .graph import ChannelGraph, find_groups, run_hooked
 from .measure.flops import count_flops, count_params
 from .plan import PrunePlan
 from .zoo import build_model
@@ -167,15 +167,9 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]
     """(module name, output) of every module call, in the order the calls finish (copied: a later
     in-place op, `x += shortcut` or an in-place ReLU, would change them)."""
     seen: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((name, o.detach().clone()))
-                                     if torch.is_tensor(o) else None)
-             for name, m in model.named_modules() if name]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, [m.register_forward_hook(lambda mod, i, o, name=name: seen.append((name, o.detach().clone()))
+                                                  if torch.is_tensor(o) else None)
+                          for name, m in model.named_modules() if name])
     return seen
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from ._channel_ops import ChannelPart, channel_ops_graph
 from .errors import UnsupportedModelError
 
-__all__ = ["Site", "ChannelGroup", "ChannelGraph", "find_groups", "build_dependency_graph"]
+__all__ = ["Site", "ChannelGroup", "ChannelGraph", "find_groups", "build_dependency_graph", "run_hooked"]
 
 # Roles of a site: "in" (a channel-mixing layer's inputs: the gate masks here), "out" (a
 # conv/linear's outputs), "dw" (a depthwise conv: channel in = channel out), "chan" (a per-channel
@@ -162,6 +162,16 @@ def find_heads(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
             continue
         stack.extend(nxt for nxt, _ in fn.next_functions)
     return heads
+
+
+def run_hooked(model: nn.Module, x: torch.Tensor, handles: list) -> None:
+    """One forward pass without autograd under the hooks whose `handles` are given; they are removed after."""
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _tensors(out) -> list[torch.Tensor]:

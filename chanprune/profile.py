@@ -54,7 +54,7 @@ from .cut import cut
 from .errors import ArtifactError, ChanpruneError
 from .export import export_onnx
 from .freeze import random_plan, round_plan
-from .graph import ChannelGraph, find_groups
+from .graph import ChannelGraph, find_groups, run_hooked
 from .measure.latency import BACKENDS, available_backends, kernel_ms, make_runner, measure_interleaved, node_kernel_ms
 from .measure.lut import LUT_VERSION, LatencyTable, LayerTable, default_block, kept_counts, machine_info
 from .zoo import build_model
@@ -178,13 +178,7 @@ def _gated_layers(model: nn.Module, graph: ChannelGraph, x: torch.Tensor) -> lis
                 layer.input_size = shape[1:-1] if layer.kind == "linear" else shape[2:]
         return fn
 
-    hooks = [lay.layer.register_forward_hook(hook(lay)) for lay in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, [lay.layer.register_forward_hook(hook(lay)) for lay in layers])
     return [lay for lay in layers if lay.calls > 0]
 
 
@@ -336,14 +330,8 @@ _FUSABLE_OPS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoi
 def _call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The names of the model's conv and linear layers, in the order its forward calls them."""
     order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: order.append(name))
-             for name, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, [m.register_forward_pre_hook(lambda mod, inp, name=name: order.append(name))
+                          for name, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))])
     return order
 
 
