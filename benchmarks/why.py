@@ -4,7 +4,7 @@ For each ONNX file of `benchmarks/latency.py`'s run folder (dense, chanprune, ch
 tp-uniform, tp-uniform-r16), or with `--grid latency_budget` of `benchmarks/latency_budget.py`'s
 (dense, cp-latency, cp-latency-b1-r16, cp-flops-r16, tp-r16@flops, tp-r16@latency), this saves the graph onnxruntime actually runs (after its optimizations:
 batch norm folded into convs, activations fused, channels-blocked NCHWc convs where the channel
-counts allow) and profiles it: kernel time per op type, summed over the nodes and averaged over runs.
+counts allow) and profiles it: kernel time per op type, summed over the nodes (each node's median over runs).
 
     python benchmarks/why.py [--arch resnet18] [--target 0.5] [--batch 1] [--runs 30] [--grid latency|latency_budget]
 
@@ -13,7 +13,6 @@ Rows go to benchmarks/results/why.jsonl (one per model, arch, target and batch).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,37 +31,28 @@ def _options(**kw):
     return opts
 
 
-def profile(onnx_path: Path, batch: int, runs: int, warmup: int = 5) -> dict:
-    import numpy as np
+def profile(onnx_path: Path, batch: int, runs: int) -> dict:
+    """The graph onnxruntime runs (after its optimizations) and its kernel time per op type and per
+    kind of node: the median over `runs` runs of each node (`measure.latency.node_kernel_ms`)."""
     import onnx
     import onnxruntime as ort
+    from chanprune.measure.latency import node_kernel_ms
 
-    cpu = ["CPUExecutionProvider"]
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        ort.InferenceSession(str(onnx_path), sess_options=_options(optimized_model_filepath=str(optimized)), providers=cpu)
+        ort.InferenceSession(str(onnx_path), sess_options=_options(optimized_model_filepath=str(optimized)),
+                             providers=["CPUExecutionProvider"])
         graph = onnx.load(str(optimized)).graph
-        every, inside = _nodes(graph)
-        nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in every)
-        kinds = {n.name: _kind(n) for n in every}
-        sess = ort.InferenceSession(str(onnx_path), providers=cpu, sess_options=_options(
-            enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof")))
-        inp = sess.get_inputs()[0]
-        x = np.random.default_rng(0).standard_normal([batch, *inp.shape[1:]]).astype(np.float32)
-        for _ in range(warmup + runs):
-            sess.run(None, {inp.name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    seen, per_op, per_kind = Counter(), defaultdict(float), defaultdict(float)
+    every, inside = _nodes(graph)
+    nodes = Counter(f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in every)
+    kinds = {n.name: _kind(n) for n in every}
+    shape = [batch, *(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:])]
+    per_op, per_kind = defaultdict(float), defaultdict(float)
     nested = 0.0
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            seen[e["name"]] += 1
-            if seen[e["name"]] > warmup:  # the warm-up runs are in the profile too
-                ms = e["dur"] / 1000.0 / runs
-                name = e["name"][: -len("_kernel_time")]
-                per_op[e["args"]["op_name"]] += ms
-                per_kind[kinds.get(name, "other")] += ms
-                nested += ms if name in inside else 0.0
+    for name, (op, ms) in node_kernel_ms(onnx_path, shape, threads=2, budget_s=float("inf"), max_runs=runs).items():
+        per_op[op] += ms
+        per_kind[kinds.get(name, "other")] += ms
+        nested += ms if name in inside else 0.0
     if nested:  # an If's kernel time includes the nodes of the branch it ran, profiled on their own too
         per_op["If"] -= nested
         per_kind["If"] -= nested

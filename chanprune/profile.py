@@ -55,7 +55,8 @@ from .errors import ArtifactError, ChanpruneError
 from .export import export_onnx
 from .freeze import random_plan, round_plan
 from .graph import ChannelGraph, find_groups, run_hooked
-from .measure.latency import BACKENDS, available_backends, kernel_ms, make_runner, measure_interleaved, node_kernel_ms
+from .measure.latency import (BACKENDS, available_backends, kernel_ms, make_runner, measure_interleaved, node_kernel_ms,
+                             runs_in_budget)
 from .measure.lut import LUT_VERSION, LatencyTable, LayerTable, default_block, kept_counts, machine_info
 from .zoo import build_model
 
@@ -185,13 +186,8 @@ def _gated_layers(model: nn.Module, graph: ChannelGraph, x: torch.Tensor) -> lis
 # ----------------------------------------------------------------------------- timing
 def _time_runner(run: Callable[[], None], budget_s: float) -> float:
     """Median milliseconds of one call: a warm-up, then as many runs as fit `budget_s` (at least 3)."""
-    run()
-    t0 = time.perf_counter()
-    run()
-    once = time.perf_counter() - t0
-    n = int(min(_MAX_RUNS, max(3, budget_s / max(once, 1e-6))))
     times = []
-    for _ in range(n):
+    for _ in range(runs_in_budget(run, budget_s, max_runs=_MAX_RUNS)):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
@@ -293,7 +289,7 @@ def _time_layer(lay: _Layer, grid_in: list[int], grid_out: list[int], batch_size
 
 
 # ----------------------------------------------------------------------------- calibration
-def _fit(x: list[float], y: list[float]) -> tuple[float, float]:
+def _fit(x: list[float], y: list[float], *, free_offset: bool = False) -> tuple[float, float]:
     """scale, offset of y = scale * x + offset by least squares, with offset >= 0; scale 1 and the
     mean residual where that is not a positive, finite fit (a single point, equal sums).
 
@@ -301,15 +297,19 @@ def _fit(x: list[float], y: list[float]) -> tuple[float, float]:
     one-layer graph carries a session call's overhead that the whole model pays once, so the layer
     sum overshoots at full width and a negative offset took it back. That held on the calibration
     plans but over-promised on learned plans that remove whole branches (ResNet-20 at 28 px,
-    predicted 1.92x against 1.62x measured at batch 1; through the origin, 1.59x)."""
+    predicted 1.92x against 1.62x measured at batch 1; through the origin, 1.59x).
+
+    `free_offset`: one layer's line from its lone timing to its time inside a model, whose offset
+    may be negative (the lone call's overhead taken back); where that is not a positive, finite
+    fit, through the origin (a pure scale, never a shift that could turn a time negative)."""
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     scale = offset = float("nan")
     if len(xa) >= 2 and np.ptp(xa) > 0:
         scale, offset = (float(v) for v in np.polyfit(xa, ya, 1))
-        if offset < 0:  # through the origin
+        if offset < 0 and not free_offset:  # through the origin
             scale, offset = float(np.dot(xa, ya) / np.dot(xa, xa)), 0.0
     if not (math.isfinite(scale) and math.isfinite(offset) and scale > 0):
-        scale, offset = 1.0, float(np.mean(ya - xa))
+        scale, offset = (float(np.dot(xa, ya) / np.dot(xa, xa)), 0.0) if free_offset else (1.0, float(np.mean(ya - xa)))
     return scale, offset
 
 
@@ -402,12 +402,7 @@ def _in_context(table: LatencyTable, targets: dict[str, Path], orders: dict[str,
         pts = [(x, y) for x, y in pts if x > 0 and y > 0]
         if not pts:
             continue
-        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-        a = c = float("nan")
-        if len(pts) >= 2 and np.ptp(xs) > 0:
-            a, c = (float(v) for v in np.polyfit(xs, ys, 1))
-        if not (math.isfinite(a) and a > 0):
-            a, c = float(ys.sum() / xs.sum()), 0.0
+        a, c = _fit([p[0] for p in pts], [p[1] for p in pts], free_offset=True)
         lt.ms[str(b)] = [[max(a * v + c, v / 20) for v in row] for row in lt.ms[str(b)]]
         lt.__dict__.pop("_cache", None)
         lt.attrs.setdefault("context", {})[str(b)] = [a, c]

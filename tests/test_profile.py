@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,24 @@ def test_fit_falls_back_where_the_slope_is_not_positive():
     assert scale == 1.0 and offset == pytest.approx(0.0)
     assert prof._fit([2.0], [5.0]) == (1.0, 3.0)
     assert prof._fit([2.0, 2.0], [5.0, 7.0]) == (1.0, 4.0)
+
+
+def test_a_layers_in_context_line_may_take_back_an_overhead_but_never_shifts_a_single_point():
+    # lone timings 2, 4 ms inside a model 1, 3 ms: the lone call's 1 ms is taken back
+    assert prof._fit([2.0, 4.0], [1.0, 3.0], free_offset=True) == pytest.approx((1.0, -1.0))
+    assert prof._fit([2.0, 4.0], [1.0, 3.0]) == pytest.approx((0.7, 0.0))  # the model-level fit: through the origin
+    # one point, or a slope that is not positive: a pure scale (least squares through the origin)
+    assert prof._fit([2.0], [1.0], free_offset=True) == (0.5, 0.0)
+    scale, offset = prof._fit([1.0, 2.0], [2.0, 1.0], free_offset=True)
+    assert scale == pytest.approx(0.8) and offset == 0.0
+
+
+def test_runs_in_budget_calls_twice_and_clamps():
+    from chanprune.measure.latency import runs_in_budget
+
+    calls = []
+    assert runs_in_budget(lambda: calls.append(1), 1e9, min_runs=3, max_runs=7) == 7 and len(calls) == 2
+    assert runs_in_budget(lambda: time.sleep(0.01), 0.0, min_runs=3, max_runs=7) == 3
 
 
 # ----------------------------------------------------------------------------- caches, files, machines

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = ["LatencyReport", "BACKENDS", "available_backends", "make_session", "make_runner", "measure_interleaved",
-           "ratio_stats", "kernel_ms", "node_kernel_ms", "LAYOUT_OPS"]
+           "ratio_stats", "kernel_ms", "node_kernel_ms", "runs_in_budget", "LAYOUT_OPS"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 
@@ -90,6 +90,16 @@ def make_runner(target, backend: str, shape: list[int], *, threads: int) -> Call
     return run
 
 
+def runs_in_budget(run: Callable[[], None], budget_s: float, *, min_runs: int = 3, max_runs: int = 500) -> int:
+    """How many calls of `run` fit `budget_s` (`min_runs` to `max_runs`), from a warm-up call and one
+    timed call (both made here)."""
+    run()
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    return int(min(max_runs, max(min_runs, budget_s / max(once, 1e-6))))
+
+
 # onnxruntime's layout changes around channels-blocked (NCHWc) nodes: a lone conv pays one on each
 # side, a conv inside a model between two blocked neighbours pays none
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
@@ -108,11 +118,7 @@ def _profiled_runs(target, shape: list[int], *, threads: int, budget_s: float, m
         sess = make_session(target, "ort-cpu", threads=threads, profile_prefix=os.path.join(tmp, "profile"))
         name = sess.get_inputs()[0].name
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        sess.run(None, {name: x})
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        once = time.perf_counter() - t0
-        runs = int(min(max_runs, max(min_runs, budget_s / max(once, 1e-6))))
+        runs = runs_in_budget(lambda: sess.run(None, {name: x}), budget_s, min_runs=min_runs, max_runs=max_runs)
         for _ in range(runs):
             sess.run(None, {name: x})
         with open(sess.end_profiling()) as f:
