@@ -120,6 +120,22 @@ def baseline(arch: str, out: Path, given: Path | None) -> Path:
     return run / "model.pt"
 
 
+def baseline_bn_accuracy(base: Path, batches: int) -> float:
+    """The baseline's test accuracy with its batch norms re-estimated as every method's are under
+    `--calibrate-bn` (the reference that method's change is measured from)."""
+    import torch
+    from chanprune.data import load_data
+    from chanprune.learn import calibrate_bn_, evaluate
+    from chanprune.load import load_dense
+
+    model, ckpt = load_dense(base)
+    shape = ckpt.input_shape
+    bundle = load_data("fashion-mnist", channels=shape[1], size=shape[-1])
+    with torch.no_grad():
+        calibrate_bn_(model, bundle.train, batches=batches)
+    return evaluate(model.eval(), bundle.test)["accuracy"]
+
+
 def setup_tag(limit: int, epochs: int) -> str:
     return f"L{limit}-e{epochs}"
 
@@ -540,6 +556,9 @@ def main():
 
         rows.add({"key": key, "arch": a.arch, "method": "baseline", "baseline": str(base),
                   "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    if a.calibrate_bn and f"{key}-bn{a.calibrate_bn}" not in rows:
+        rows.add({"key": f"{key}-bn{a.calibrate_bn}", "arch": a.arch, "method": "baseline", "baseline": str(base),
+                  "bn_batches": a.calibrate_bn, "test_accuracy": baseline_bn_accuracy(base, a.calibrate_bn)})
     for seed in seeds:
         for t in targets:
             for m in methods:

@@ -59,6 +59,26 @@ def test_readme_tables_come_from_the_committed_rows(monkeypatch):
     assert block.strip() == text.strip(), "README is stale: run python benchmarks/report.py --readme"
 
 
+def test_accuracy_table_measures_a_bn_setup_from_the_baseline_re_estimated_the_same_way(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    run = lambda arch, setup, m, acc: {"key": f"{arch}/{setup}/{m}", "arch": arch, "setup": setup, "target": 0.5,  # noqa: E731
+                                       "seed": 0, "method": m, "flops_ratio": 0.5, "val_after_pruning": 0.5,
+                                       "test_accuracy": acc, "train_seconds": 10.0}
+    rows = [{"key": "lite/baseline", "arch": "lite", "method": "baseline", "test_accuracy": 0.75},
+            {"key": "lite/latency-baseline", "suite": "latency", "arch": "lite", "method": "baseline", "test_accuracy": 0.80},
+            {"key": "lite/baseline-bn100", "arch": "lite", "method": "baseline", "bn_batches": 100, "test_accuracy": 0.86},
+            {"key": "r20/baseline", "arch": "r20", "method": "baseline", "test_accuracy": 0.92},
+            run("lite", "L12000-e3-64px-bn100", "chanprune", 0.84), run("lite", "L12000-e3-64px-bn100", "tp-fpgm", 0.85),
+            run("r20", "L12000-e3", "chanprune", 0.91), run("r20", "L12000-e3", "tp-fpgm", 0.90)]
+    monkeypatch.setattr(report, "load", lambda name: rows if name == "accuracy" else [])
+    text = "\n".join(report.accuracy_section())
+    assert "| lite | - | baseline (batch norms re-estimated on 100 batches) | 1.000 | - | 86.00 |" in text
+    assert "| lite | 0.5 | chanprune | 0.500 | 50.00 | 84.00 ± 0.00 | -2.00 |" in text
+    assert "| r20 | - | baseline | 1.000 | - | 92.00 |" in text and "| r20 | 0.5 | chanprune | 0.500 | 50.00 | 91.00 ± 0.00 | -1.00 |" in text
+    assert "without re-estimation scores 75.00%" in text
+
+
 def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
     """onnxruntime profiles the nodes inside an If on their own and inside the If's time: the breakdown
     of the conditional models counts them once, in their own kind, and the If by its own time."""
