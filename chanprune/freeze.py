@@ -149,12 +149,8 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
             groups.append(GroupPlan(gp.name, gp.size, keep, gp.probs))
         return PrunePlan(groups, plan.arch, plan.input_shape, plan.tau, dict(plan.meta))
 
-    if above:  # the fewest drops (least probable first) reaching <= target
-        lo, hi = 0, len(cands)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if cost.ratio(moved(cands[:mid])) <= target else (mid + 1, hi)
-        chosen = cands[:lo]
+    if above:
+        chosen = _drops_within(cands, moved, cost, target, tolerance)
     else:  # add back the most probable first, skipping any that would pass the target
         chosen = []
         for c in cands:
@@ -166,6 +162,42 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     out.meta["projected"] = {"from": r0, "to": r1, "channels": moved_channels, "units": len(chosen), "tolerance": tolerance}
     out.meta["cost"] = {"name": cost.name, "ratio": r1}
     return out
+
+
+def _drops_within(cands: list, moved, cost: Cost, target: float, tolerance: float) -> list:
+    """Which of `cands` (least probable first) to drop so that the cost ends at the target or below,
+    within `tolerance` of it where possible, moving as few channels as possible. Two ways, the better
+    one kept (within the tolerance first, then the fewer channels):
+
+    - in order, the fewest drops that reach the target, then the earlier of them taken back, the
+      most probable first, while the cost stays at or below it;
+    - in order, each drop taken unless it would pass below target - tolerance, until the cost is at
+      or below the target. A block of a wide, early layer can be worth several points of latency;
+      the first way can end far below the target on it, and this one steps around it."""
+    lo, hi = 0, len(cands)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cost.ratio(moved(cands[:mid])) <= target else (mid + 1, hi)
+    fewest = cands[:lo]
+    for c in reversed(fewest[:-1]):
+        rest = [d for d in fewest if d is not c]
+        if cost.ratio(moved(rest)) <= target:
+            fewest = rest
+    ways = [fewest]
+    around: list = []
+    for c in cands:
+        r = cost.ratio(moved([*around, c]))
+        if r < target - tolerance:
+            continue
+        around.append(c)
+        if r <= target:
+            ways.append(around)
+            break
+
+    def rank(chosen: list) -> tuple[bool, int]:
+        return cost.ratio(moved(chosen)) < target - tolerance, sum(len(c[3]) for c in chosen)
+
+    return min(ways, key=rank)
 
 
 def round_plan(plan: PrunePlan, graph: ChannelGraph, n: int, cost: Cost | None = None) -> PrunePlan:
