@@ -230,7 +230,9 @@ def fidelity_section() -> list[str]:
     for (arch, t), rs in sorted(by.items()):
         f = [r["flops_ratio"] for r in rs]
         why = ", ".join(sorted({f"{r['frozen']['reason']} at step {r['frozen']['steps']}" for r in rs if r.get("frozen")}))
-        out.append(f"| {arch} | Fashion-MNIST 28 px, {rs[0]['setup']} from the baseline, frozen ({why}), projected | {t} | "
+        px = re.search(r"-(\d+)px", rs[0]["setup"])
+        out.append(f"| {arch} | Fashion-MNIST {px.group(1) if px else 28} px, {rs[0]['setup']} from the baseline, "
+                   f"frozen ({why}), projected | {t} | "
                    f"{min(f):.3f}-{max(f):.3f} | {min(r['polarized'] for r in rs):.1%}+ | {len(rs)} |")
     return out + [""]
 
