@@ -120,19 +120,27 @@ def baseline(arch: str, out: Path, given: Path | None) -> Path:
     return run / "model.pt"
 
 
+def recalibrate_bn(model, batches: int, *, channels: int, size: int):
+    """Re-estimate `model`'s batch norms on `batches` batches of the whole Fashion-MNIST training
+    split, as chanprune's `export --calibrate-bn` does; returns that data (its test split too)."""
+    import torch
+    from chanprune.data import load_data
+    from chanprune.learn import calibrate_bn_
+
+    bundle = load_data("fashion-mnist", channels=channels, size=size)
+    with torch.no_grad():
+        calibrate_bn_(model, bundle.train, batches=batches)
+    return bundle
+
+
 def baseline_bn_accuracy(base: Path, batches: int) -> float:
     """The baseline's test accuracy with its batch norms re-estimated as every method's are under
     `--calibrate-bn` (the reference that method's change is measured from)."""
-    import torch
-    from chanprune.data import load_data
-    from chanprune.learn import calibrate_bn_, evaluate
+    from chanprune.learn import evaluate
     from chanprune.load import load_dense
 
     model, ckpt = load_dense(base)
-    shape = ckpt.input_shape
-    bundle = load_data("fashion-mnist", channels=shape[1], size=shape[-1])
-    with torch.no_grad():
-        calibrate_bn_(model, bundle.train, batches=batches)
+    bundle = recalibrate_bn(model, batches, channels=ckpt.input_shape[1], size=ckpt.input_shape[-1])
     return evaluate(model.eval(), bundle.test)["accuracy"]
 
 
@@ -351,12 +359,8 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
     ft_steps = budget - sparse_steps
     state = fit(pruned, bundle.train, bundle.val, _recipe(recipe, seed, -(-ft_steps // steps_per_epoch), ft_steps),
                 distill=distill)
-    if a.calibrate_bn:  # as chanprune's `export --calibrate-bn` does, on the whole training split
-        from chanprune.data import load_data
-        from chanprune.learn import calibrate_bn_
-
-        calibrate_bn_(pruned, load_data("fashion-mnist", channels=shape[1], size=shape[-1]).train,
-                      batches=a.calibrate_bn)
+    if a.calibrate_bn:
+        recalibrate_bn(pruned, a.calibrate_bn, channels=shape[1], size=shape[-1])
     seconds = time.perf_counter() - t0
     return rows.add({
         "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
@@ -486,10 +490,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         steps = a.epochs * bundle.train.num_batches(128)
         t0 = time.perf_counter()
         state = fit(pruned, bundle.train, bundle.val, _recipe("cp", seed, a.epochs, steps), distill=Distill(dense.eval()))
-        from chanprune.data import load_data
-        from chanprune.learn import calibrate_bn_
-
-        calibrate_bn_(pruned, load_data("fashion-mnist", channels=3, size=64).train, batches=BN_BATCHES)
+        recalibrate_bn(pruned, BN_BATCHES, channels=3, size=64)
         x224 = torch.zeros(lb.DEPLOY)
         rows_out.append(rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,

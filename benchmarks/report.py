@@ -283,8 +283,9 @@ def accuracy_section() -> list[str]:
     # the main suite's baseline per arch; where its runs re-estimate their batch norms (`-bnK`), the
     # baseline's accuracy with its own re-estimated the same way
     bn = {r["arch"]: int(m.group(1)) for r in runs if (m := re.search(r"-bn(\d+)$", r["setup"]))}
-    base = {r["arch"]: r for r in rows if r.get("method") == "baseline" and not r.get("suite")
-            and r.get("bn_batches") == bn.get(r["arch"])}
+    baselines = [r for r in rows if r.get("method") == "baseline" and not r.get("suite")]
+    base = {r["arch"]: r for r in baselines if r.get("bn_batches") == bn.get(r["arch"])}
+    stale = {r["arch"]: f"{pct(r['test_accuracy'])}%" for r in baselines if not r.get("bn_batches")}
     cell = {(r["arch"], r["setup"], r["target"], r["seed"], r["method"]): r for r in runs}
     ablation = [r for r in runs if r["method"].startswith("cp-")]
     main = [r for r in runs if not r["method"].startswith("cp-")]
@@ -309,7 +310,7 @@ def accuracy_section() -> list[str]:
                       "to Fashion-MNIST at 64 px (the latency grid's baseline), then every method at 64 px, and every "
                       f"model's batch norms re-estimated on {k} batches at the end, the baseline's too: Lite0's "
                       "momentum of 0.01 leaves running statistics that still describe an earlier network after a short "
-                      f"budget (the same baseline without re-estimation scores {_stale(rows, arch)}). "
+                      f"budget (the same baseline without re-estimation scores {stale.get(arch, '-')}). "
                       for arch, k in bn.items())
             + f"Machine: {machines(runs)}."), "",
            ("| arch | target | method | FLOPs | after pruning (val) | final test (mean ± sd) | change vs baseline | "
@@ -560,12 +561,6 @@ def _modes_table(rows) -> list[str]:
             return f"{pct(r['test_accuracy'])}, {r['cost_mean']:.3f} ({r['cost_min']:.2f}-{r['cost_max']:.2f}){k}"
         out.append(f"| {arch} | {t} | {seed} | {m} | {fmt('threshold')} | {fmt('stochastic')} | {fmt('ensemble')} |")
     return out + [""]
-
-
-def _stale(rows, arch) -> str:
-    r = [r for r in rows if r.get("method") == "baseline" and r["arch"] == arch and not r.get("suite")
-         and not r.get("bn_batches")]
-    return f"{pct(r[-1]['test_accuracy'])}%" if r else "-"
 
 
 def _goals(arch, setup, t, means, b, cell) -> list[str]:
