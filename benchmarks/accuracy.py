@@ -100,6 +100,9 @@ ABLATIONS = {  # one lever each, against the new default
     "cp-anneal": ["--gate-temperature-final", "0.2"],
     "cp-trainable-gate": ["--gate", "trainable"],
     "cp-learn-quarter": ["--max-learn-share", "0.25"],  # freeze by a quarter of the budget, not half
+    # lambda's rise scaled to the learning steps: the plan reaches its target (and may freeze when
+    # ready) within a short run, where the fixed rate leaves it above until the deadline's projection
+    "cp-lam-rate-auto": ["--lam-rate", "auto"],
     "cp-old-recipe": ["--no-distill", "@split", "--finetune-schedule", "cosine"],  # the recipe before this wave
     # a gentler fine-tune: the slim model starts near the baseline (92% val at the freeze), not at
     # Torch-Pruning's 10%, so the peak learning rate that revives a one-shot cut may undo it

@@ -246,6 +246,7 @@ LEVERS = {
     "cp-anneal": "Gumbel temperature annealed 1 -> 0.2",
     "cp-trainable-gate": "the trainable gate of Kim et al. instead of Gumbel",
     "cp-learn-quarter": "freeze at the latest after a quarter of the budget, not half",
+    "cp-lam-rate-auto": "lambda's rise scaled to the learning steps (`--lam-rate auto`), not 0.05 a step",
     "cp-old-recipe": "the recipe before: no distillation, fixed split, cosine",
     "cp-finetune-lr-0.01": "fine-tuning's peak learning rate 0.01, not 0.02",
     "cp-finetune-lr-0.005": "fine-tuning's peak learning rate 0.005, not 0.02",

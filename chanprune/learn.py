@@ -8,6 +8,7 @@ checkpoints, resume, RNG, Ctrl-C, metrics) are their own pieces.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -56,7 +57,9 @@ class LearnConfig(TrainConfig):
     budget: str = "flops"  # the registered cost the target is a fraction of (cost.list_costs())
     gate: str = "gumbel"  # the registered gate kind (gates.list_gates())
     lam: float = 5.0  # lambda's floor: the budget term's weight at the start
-    lam_rate: float = 0.05  # lambda grows (shrinks back to the floor) while the cost ratio is above (below) target
+    # lambda grows (shrinks back to the floor) while the cost ratio is above (below) target, by
+    # exp(lam_rate * relative excess) a step; None: scaled to the learning steps (`lambda_rate`)
+    lam_rate: float | None = 0.05
     gate_lr: float = 1.0  # Adam on the gate logits, constant: they polarize within a few hundred steps
     dependent_gate_lr: float = 0.01  # Adam on a data-dependent gate's network (an MLP, not logits)
     # data-dependent gates: learn them for `max_learn_share` of the budget, then freeze the gate network
@@ -243,7 +246,8 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     opts, scheds = _optimizers(model, gates, config, total_steps)
-    objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=config.lam_rate, distill=distill)
+    objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=lambda_rate(config, total_steps),
+                                 distill=distill)
                  if learning else CrossEntropy(distill))
     anneal = _annealer(gates, config, total_steps) if learning else None
     loop = LoopState(lam=getattr(config, "lam", 0.0))
@@ -309,6 +313,7 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                 if learning:
                     row["train_rate"] = sums["rate"] / n
                     row["lambda"] = objective.lam
+                    row["lambda_rate"] = objective.rate
                     row.update(gate_metrics(gates, cost, config))
                 per_input = learning and gates is not None and bool(gates.dependent)  # each input's own cost
                 row.update({f"val_{k}": v for k, v in evaluate(train_net, data_val, device=device,
@@ -332,6 +337,26 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     return loop
 
 
+def learning_steps(config: LearnConfig, total_steps: int) -> int:
+    """The steps the gates learn for: all of them with a fixed split, else up to `max_learn_share`."""
+    return max(1, int(total_steps * (config.max_learn_share if config.finetune_epochs is None else 1.0)))
+
+
+LAM_RATE_FLOOR = 0.05  # the fixed default, kept by every run of more than ~370 learning steps under "auto"
+LAM_RISE, LAM_EXCESS = 100.0, 0.25
+
+
+def lambda_rate(config: LearnConfig, total_steps: int) -> float:
+    """The dual-ascent rate: `config.lam_rate`, or under None the rate at which lambda grows
+    `LAM_RISE`-fold over the learning steps while the cost stays `LAM_EXCESS` (relative) above target,
+    never below `LAM_RATE_FLOOR`. A fixed rate is a number of steps: at 0.05 and 30% over target
+    lambda grows 1.5% a step, 5 to 69 in 180 steps, too slow to pull a short run's plan to its target."""
+    rate = getattr(config, "lam_rate", LAM_RATE_FLOOR)
+    if rate is not None:
+        return rate
+    return max(LAM_RATE_FLOOR, math.log(LAM_RISE) / (LAM_EXCESS * learning_steps(config, total_steps)))
+
+
 def _annealer(gates: GateSet, config: LearnConfig, total_steps: int):
     """Anneal every gate's temperature geometrically from its own to `gate_temperature_final`
     over the learning steps (those up to `max_learn_share` of them when the gates freeze when ready)."""
@@ -339,7 +364,7 @@ def _annealer(gates: GateSet, config: LearnConfig, total_steps: int):
     if final is None:
         return None
     start = [float(g.temperature) for g in gates.gates]
-    span = max(1, int(total_steps * (config.max_learn_share if config.finetune_epochs is None else 1.0)))
+    span = learning_steps(config, total_steps)
 
     def anneal(step: int) -> None:
         f = min(1.0, step / span)

@@ -130,6 +130,7 @@ def test_epochs_are_the_whole_budget_freeze_when_ready_then_slim_finetune(base, 
     if fr["reason"] == "ready":
         assert abs(fr["cost_ratio_at_tau"] - 0.5) <= 0.02
     assert fr["steps"] + fr["finetune_steps"] == budget == sum(r["steps"] for r in rows)
+    assert [r["lambda_rate"] for r in rows if "lambda" in r] == [0.05] * sum("lambda" in r for r in rows)
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["frozen"] == fr and ckpt["learn_config"]["distill"] is True  # on by default with --weights
     exported = json.loads(run("export", out, "--no-onnx", "--json").stdout)
@@ -174,6 +175,8 @@ LEARN_BAD_INPUT = [
     pytest.param(["--gate-temperature-final", "0"], "--gate-temperature-final", id="temperature-final-zero"),
     pytest.param(["--finetune-lr", "-1"], "--finetune-lr", id="finetune-lr-negative"),
     pytest.param(["--finetune-epochs", "-1"], "--finetune-epochs", id="finetune-epochs-negative"),
+    pytest.param(["--lam-rate", "0"], "--lam-rate", id="lam-rate-zero"),
+    pytest.param(["--lam-rate", "fast"], "--lam-rate", id="lam-rate-word"),
 ]
 
 
@@ -186,6 +189,26 @@ def test_learn_bad_input_exits_2_with_one_line_and_writes_nothing(args, says, tm
     errors = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and says in r.output, r.output
     assert "Traceback" not in r.output and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("steps", [60, 254, 1000])
+def test_lambda_rate_auto_grows_lambda_a_hundredfold_over_the_learning_steps_25_percent_above(steps):
+    """auto: lambda can pull a short run's plan to its target within the learning steps; long runs keep 0.05."""
+    from chanprune.learn import LAM_RATE_FLOOR, LearnConfig, lambda_rate, learning_steps
+    from chanprune.objective import BudgetObjective
+
+    cfg = LearnConfig(lam_rate=None, target=0.4)
+    n = learning_steps(cfg, steps)
+    assert n == steps // 2  # the gates learn for max_learn_share of the budget
+    obj = BudgetObjective(cost=None, target=0.4, lam=5.0, lam_rate=lambda_rate(cfg, steps))
+    for _ in range(n):
+        obj.update({"rate": 0.4 * 1.25})
+    rise = obj.lam / 5.0
+    assert obj.rate == max(LAM_RATE_FLOOR, obj.rate)
+    assert rise == pytest.approx(100.0, rel=1e-6) if obj.rate > LAM_RATE_FLOOR else rise > 100.0
+    assert lambda_rate(LearnConfig(), steps) == LAM_RATE_FLOOR  # the default is today's fixed rate
+    fixed = LearnConfig(lam_rate=None, finetune_epochs=0)  # a plan-only run learns for every step
+    assert lambda_rate(fixed, steps) == max(LAM_RATE_FLOOR, lambda_rate(cfg, 2 * steps))
 
 
 def _residual_flops(seed: int):
