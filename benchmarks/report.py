@@ -347,7 +347,8 @@ def accuracy_section() -> list[str]:
                 ("`python benchmarks/accuracy.py --suite ablations`. Each lever at t itself (not at the matched "
                  "FLOPs), against `cp-default`, the default recipe at t. One seed: a difference below the test "
                  "split's standard error (about 0.28 points at 91%) is noise. Train times above 300 s were "
-                 "measured while the test suite ran beside them; compare those rows on accuracy only."), "",
+                 "measured while other jobs (the test suite, another training) ran beside them; compare those rows on "
+                 "accuracy only."), "",
                 "| method | lever | FLOPs | froze | final test | vs the default | train time |", "|---|---|---|---|---|---|---|"]
         ref = {(r["arch"], r["setup"], r["target"], r["seed"]): r for r in runs if r["method"] == "cp-default"}
         for r in sorted(ablation, key=lambda r: r["method"] != "cp-default"):
