@@ -167,6 +167,13 @@ def main_tag(a, base: Path) -> str:
             + (f"-bn{a.calibrate_bn}" if a.calibrate_bn else ""))
 
 
+def main_fields(a, base: Path) -> dict:
+    """What a main-suite row's setup tag encodes beyond the subset and epochs, stored in the row itself:
+    the input size and the batch-norm re-estimation, where they are not the default (28 px, none)."""
+    size = _size(base)
+    return {**({"image_size": size} if size else {}), **({"bn_batches": a.calibrate_bn} if a.calibrate_bn else {})}
+
+
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
     tag = main_tag(a, base)
     key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
@@ -200,7 +207,8 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
 
     frozen = torch.load(run / "model.pt", weights_only=True).get("frozen") or {}
     return rows.add({
-        "key": key, "arch": arch, "setup": tag, "target": t, "asked_target": round(asked, 4), "seed": seed,
+        "key": key, "arch": arch, "setup": tag, **main_fields(a, base), "target": t, "asked_target": round(asked, 4),
+        "seed": seed,
         "method": method, "flops_ratio": slim["flops_ratio"], "params_slim": slim["params_slim"],
         "val_after_pruning": learned[-1]["val_accuracy"],
         "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
@@ -366,7 +374,7 @@ def torch_pruning(rows: Rows, arch: str, base: Path, t: float, seed: int, method
         recalibrate_bn(pruned, a.calibrate_bn, channels=shape[1], size=shape[-1])
     seconds = time.perf_counter() - t0
     return rows.add({
-        "key": key, "arch": arch, "setup": tag, "target": t, "seed": seed, "method": method,
+        "key": key, "arch": arch, "setup": tag, **main_fields(a, base), "target": t, "seed": seed, "method": method,
         "pruning_ratio": ratio, "flops_ratio": flops / dense_flops, "params_slim": count_params(pruned),
         "val_after_pruning": after, "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
         "train_seconds": round(sparse_seconds + sum(h["epoch_seconds"] for h in state.history), 1),

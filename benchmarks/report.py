@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -230,8 +229,7 @@ def fidelity_section() -> list[str]:
     for (arch, t), rs in sorted(by.items()):
         f = [r["flops_ratio"] for r in rs]
         why = ", ".join(sorted({f"{r['frozen']['reason']} at step {r['frozen']['steps']}" for r in rs if r.get("frozen")}))
-        px = re.search(r"-(\d+)px", rs[0]["setup"])
-        out.append(f"| {arch} | Fashion-MNIST {px.group(1) if px else 28} px, {rs[0]['setup']} from the baseline, "
+        out.append(f"| {arch} | Fashion-MNIST {rs[0].get('image_size', 28)} px, {rs[0]['setup']} from the baseline, "
                    f"frozen ({why}), projected | {t} | "
                    f"{min(f):.3f}-{max(f):.3f} | {min(r['polarized'] for r in rs):.1%}+ | {len(rs)} |")
     return out + [""]
@@ -283,7 +281,7 @@ def accuracy_section() -> list[str]:
         return []
     # the main suite's baseline per arch; where its runs re-estimate their batch norms (`-bnK`), the
     # baseline's accuracy with its own re-estimated the same way
-    bn = {r["arch"]: int(m.group(1)) for r in runs if (m := re.search(r"-bn(\d+)$", r["setup"]))}
+    bn = {r["arch"]: r["bn_batches"] for r in runs if r.get("bn_batches")}
     baselines = [r for r in rows if r.get("method") == "baseline" and not r.get("suite")]
     base = {r["arch"]: r for r in baselines if r.get("bn_batches") == bn.get(r["arch"])}
     stale = {r["arch"]: f"{pct(r['test_accuracy'])}%" for r in baselines if not r.get("bn_batches")}
@@ -398,6 +396,27 @@ def latency_accuracy_section() -> list[str]:
                        f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
                        f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} | {len(rs)} |")
     return out + [""]
+
+
+def lam_rate_section() -> list[str]:
+    rows = load("lam_rate")
+    if not rows:
+        return []
+    out = ["#### Lambda's rate on a short run: fixed against scaled to the learning steps", "",
+           ("`python benchmarks/lam_rate.py` (rows: `benchmarks/results/lam_rate.jsonl`): the grid's cp-latency plan "
+            "(same baseline, table and command, one epoch at 64 px, plans only) learned with `--lam-rate 0.05` (the "
+            "default) and `--lam-rate auto`. Learned: the table's predicted latency ratio at tau when learning "
+            "ended; it must be within 0.05 of the target. Projected: after the projection (within 0.02). "
+            f"Machine: {machines(rows)}."), "",
+           "| arch | target | --lam-rate | rate used | steps | lambda at the end | polarized | learned | off by | "
+           "projected | val accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["arch"], r["target"], r["lam_rate"] != "0.05")):
+        off = r["latency_learned"] - r["target"]
+        out.append(f"| {r['arch']} | {r['target']} | {r['lam_rate']} | {r['rate_used']:.3f} | {r['steps']} | "
+                   f"{r['lambda_end']:.0f} | {r['polarized']:.0%} | {r['latency_learned']:.3f} | "
+                   f"{'**' if abs(off) <= 0.05 else ''}{off:+.3f}{'**' if abs(off) <= 0.05 else ''} | "
+                   f"{r['latency_projected']:.3f} | {pct(r['val_accuracy'])} |")
+    return out + ["", "Bold: the learned figure within 0.05 of the target.", ""]
 
 
 def profile_timing_section() -> list[str]:
@@ -710,7 +729,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + profile_timing_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + lam_rate_section() + profile_timing_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():
