@@ -64,7 +64,8 @@ def test_accuracy_table_measures_a_bn_setup_from_the_baseline_re_estimated_the_s
     report = importlib.import_module("report")
     run = lambda arch, setup, m, acc: {"key": f"{arch}/{setup}/{m}", "arch": arch, "setup": setup, "target": 0.5,  # noqa: E731
                                        "seed": 0, "method": m, "flops_ratio": 0.5, "val_after_pruning": 0.5,
-                                       "test_accuracy": acc, "train_seconds": 10.0}
+                                       "test_accuracy": acc, "train_seconds": 10.0,
+                                       **({"image_size": 64, "bn_batches": 100} if "-bn" in setup else {})}
     rows = [{"key": "lite/baseline", "arch": "lite", "method": "baseline", "test_accuracy": 0.75},
             {"key": "lite/latency-baseline", "suite": "latency", "arch": "lite", "method": "baseline", "test_accuracy": 0.80},
             {"key": "lite/baseline-bn100", "arch": "lite", "method": "baseline", "bn_batches": 100, "test_accuracy": 0.86},
