@@ -1,0 +1,65 @@
+"""Lambda's dual-ascent rate on a short run: the fixed 0.05 against `--lam-rate auto`.
+
+The latency grid's plans (benchmarks/latency_budget.py) learn for one epoch at 64 px: about 200
+steps. With the fixed rate lambda rises by about 1.5% a step at 30% over the target, so a plan can
+end its learning with every gate polarized and its cost still well above the target, and the
+projection then does the budget's work. This learns the grid's cp-latency plan (same baseline, same
+latency table, same command) twice per target, once per rate, plans only, and records where each
+lands: the table's predicted latency ratio at tau after learning and after projection, lambda at
+the end, polarization and validation accuracy.
+
+    python benchmarks/lam_rate.py [--archs efficientnet_lite0] [--targets 0.5,0.3,0.7]
+                                  [--out runs/bench/latency_budget]
+
+Needs the grid's baseline and table (made here if missing, as the grid makes them; the table is
+timed, so nothing heavy may run beside its profiling). Rows go to benchmarks/results/lam_rate.jsonl;
+rerunning skips what is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import latency_budget as lb
+from _common import Rows
+
+RATES = ["0.05", "auto"]  # today's default, and scaled to the learning steps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="efficientnet_lite0")
+    ap.add_argument("--targets", default="0.5,0.3,0.7")
+    ap.add_argument("--limit", type=int, default=12800)
+    ap.add_argument("--base-epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/latency_budget"))
+    a = ap.parse_args()
+    rows = Rows("lam_rate")
+    for arch in a.archs.split(","):
+        base = lb.baseline(arch, a.out, a)
+        lut = lb.profile(arch, base, a.out)
+        for t in [float(s) for s in a.targets.split(",")]:
+            for rate in RATES:
+                key = f"{arch}/t{t}/{rate}"
+                if key in rows:
+                    continue
+                run = a.out / "lam_rate" / f"{arch}_t{t}_{rate}"
+                got = lb.learn(arch, base, run, a, "--budget", "latency", "--lut", str(lut), "--target", str(t),
+                               "--lam-rate", rate)
+                hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                last = [h for h in hist if "lambda" in h][-1]
+                fr = got["frozen"]
+                rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "rate_used": last["lambda_rate"],
+                          "steps": fr.get("steps"), "frozen": fr.get("reason"),
+                          "latency_learned": fr.get("cost_ratio_at_tau"),
+                          "latency_projected": (got["projected"] or {}).get("to", fr.get("cost_ratio_at_tau")),
+                          "lambda_end": last["lambda"], "polarized": last["polarized"],
+                          "val_accuracy": got["result"].get("val_accuracy"), "seconds": got["seconds"],
+                          "limit": a.limit, "epochs": a.epochs, "lut": str(lut), "command": got["command"]})
+                print(json.dumps(rows.get(key)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
