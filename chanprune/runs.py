@@ -117,6 +117,7 @@ def _setup(arch: str, data: str, *, weights: str | None, num_classes: int | None
     channels = in_channels or saved_kwargs.get("in_channels")
     if channels is None:
         channels = provider_for(arch).stem_in_channels(arch)
+    torch.manual_seed(seed)  # the random initialisation too: the same --seed, the same run
     model = build_model(arch, num_classes=classes, in_channels=channels, weights=weights)
     for split in (bundle.train, bundle.val, bundle.test):
         if split is not None:

@@ -97,3 +97,20 @@ def test_the_shipped_baseline_loads_for_eval_and_as_weights():
     assert ckpt.arch == "resnet20" and ckpt.loop is None
     model, _ = load_dense(path)
     assert sum(p.numel() for p in model.parameters()) == 272474
+
+
+def test_the_same_seed_trains_the_same_weights(tmp_path):
+    """--seed covers the random initialisation too: two runs from scratch are bitwise equal (same
+    machine, same threads); another seed is not."""
+    import torch
+
+    def weights(seed, name):
+        torch.seed()  # as a fresh process would: the global generator anywhere (conftest seeds it once)
+        r = CliRunner().invoke(main, ["train", "--arch", "resnet20", "--data", "digits", "--epochs", "1", "--limit",
+                                      "300", "--batch-size", "64", "--seed", str(seed), "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        return torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"]
+
+    a, b, c = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
