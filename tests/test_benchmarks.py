@@ -80,6 +80,29 @@ def test_accuracy_table_measures_a_bn_setup_from_the_baseline_re_estimated_the_s
     assert "without re-estimation scores 75.00%" in text
 
 
+def test_accuracy_table_measures_each_run_from_its_own_baseline(monkeypatch):
+    """Runs that name a retrained baseline (`baseline_key`) lose from that one; the table lists it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    run = lambda seed, m, acc, **kw: {"key": f"r56/s{seed}/{m}", "arch": "r56", "setup": "L12000-e3",  # noqa: E731
+                                      "target": 0.25, "seed": seed, "method": m, "flops_ratio": 0.2,
+                                      "val_after_pruning": 0.5, "test_accuracy": acc, "train_seconds": 10.0, **kw}
+    again = {"baseline_key": "r56/baseline-retrained"}
+    rows = [{"key": "r56/baseline", "arch": "r56", "method": "baseline", "test_accuracy": 0.90},
+            {"key": "r56/baseline-retrained", "arch": "r56", "method": "baseline", "retrained": True,
+             "test_accuracy": 0.88, "date": "2026-12-02"},
+            run(0, "chanprune", 0.89), run(0, "tp-group-norm", 0.87),
+            run(1, "chanprune", 0.87, **again), run(1, "tp-group-norm", 0.86, **again)]
+    monkeypatch.setattr(report, "load", lambda name: rows if name == "accuracy" else [])
+    text = "\n".join(report.accuracy_section())
+    assert "| r56 | - | baseline | 1.000 | - | 90.00 |" in text
+    assert "| r56 | - | baseline retrained with the same command (2026-12-02), the runs of t=0.25 seed 1 | 1.000 | - | 88.00 |" in text
+    # chanprune: (0.90 - 0.89 + 0.88 - 0.87) / 2 = 1 point; group norm: (3 + 2) / 2 = 2.5 points
+    assert "| r56 | 0.25 | chanprune | 0.200 | 50.00 | 88.00 ± 1.41 | -1.00 |" in text
+    assert "| r56 | 0.25 | tp-group-norm | 0.200 | 50.00 | 86.50 ± 0.71 | -2.50 |" in text
+    assert "chanprune loses 1.00 points, the best Torch-Pruning method (tp-group-norm) 2.50: goal (at most half) met" in text
+
+
 def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
     """onnxruntime profiles the nodes inside an If on their own and inside the If's time: the breakdown
     of the conditional models counts them once, in their own kind, and the If by its own time."""
