@@ -520,7 +520,8 @@ def conditional_accuracy_section() -> list[str]:
     runs = [r for r in rows if r.get("suite") == "conditional"]
     if not runs:
         return []
-    base = {r["arch"]: r for r in rows if r.get("method") == "baseline"}
+    base = {r["arch"]: r for r in rows if r.get("method") == "baseline" and not r.get("suite")
+            and not r.get("bn_batches") and not r.get("retrained")}  # the first, 28 px baseline
     cell = {(r["arch"], r["setup"], r["target"], r["seed"], r["method"]): r for r in runs}
     out = ["### Conditional computation against pruning at equal average FLOPs (Fashion-MNIST)", "",
            ("`python benchmarks/accuracy.py --suite conditional` (rows: `benchmarks/results/accuracy.jsonl`, "
