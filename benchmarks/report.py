@@ -268,9 +268,10 @@ def _train_time(rs) -> str:
 
 
 def _paired(cell, arch, setup, t, method, ref="chanprune"):
-    """ref minus method, per shared seed."""
-    return [cell[(arch, setup, t, s, ref)]["test_accuracy"] - cell[(arch, setup, t, s, method)]["test_accuracy"]
-            for (a, su, tt, s, m) in cell if (a, su, tt, m) == (arch, setup, t, method) and (arch, setup, t, s, ref) in cell]
+    """ref minus method, per shared seed (a pair only where both runs started from the same baseline)."""
+    pairs = [(cell[(arch, setup, t, s, ref)], cell[(arch, setup, t, s, method)])
+             for (a, su, tt, s, m) in cell if (a, su, tt, m) == (arch, setup, t, method) and (arch, setup, t, s, ref) in cell]
+    return [x["test_accuracy"] - y["test_accuracy"] for x, y in pairs if x.get("baseline_key") == y.get("baseline_key")]
 
 
 def accuracy_section() -> list[str]:
@@ -329,7 +330,11 @@ def accuracy_section() -> list[str]:
         for key, o in other.items():
             used = sorted({(r["target"], r["seed"]) for r in main if r.get("baseline_key") == key})
             if o["arch"] == arch and used:
-                where = ", ".join(f"t={t} seed {sd}" for t, sd in used)
+                def which(t, sd):  # the (target, seed), or the methods of it that used this baseline
+                    rs = [r for r in main if (r["arch"], r["target"], r["seed"]) == (arch, t, sd)]
+                    ms = [r["method"] for r in rs if r.get("baseline_key") == key]
+                    return f"t={t} seed {sd}" + ("" if len(ms) == len(rs) else f" ({', '.join(ms)})")
+                where = ", ".join(which(t, sd) for t, sd in used)
                 out.append(f"| {arch} | - | baseline retrained with the same command ({o.get('date', '?')}), the "
                            f"runs of {where} | 1.000 | - | {pct(o['test_accuracy'])} | - | - | - | - |")
         for setup in setups:
@@ -607,10 +612,10 @@ def _goals(arch, setup, t, means, losses, cell) -> list[str]:
     tp_doc = {m: v for m, v in means.items() if m.startswith("tp-") and "+" not in m and "@" not in m}
     lines = []
     if tp_cp:
-        best = max(tp_cp, key=tp_cp.get)
+        best = max(tp_cp, key=lambda m: -losses[m] if m in losses else tp_cp[m])
         diffs = _paired(cell, arch, setup, t, best)
         spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-        gap = means["chanprune"] - tp_cp[best]
+        gap = statistics.fmean(diffs) if diffs else means["chanprune"] - tp_cp[best]
         ok = len(diffs) > 1 and gap > spread
         lines.append(f"- {arch} t={t}, same recipe: chanprune {'ahead of' if gap > 0 else 'behind'} the best "
                      f"Torch-Pruning method ({best}) by {100 * gap:+.2f} points; paired spread "

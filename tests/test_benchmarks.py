@@ -92,15 +92,18 @@ def test_accuracy_table_measures_each_run_from_its_own_baseline(monkeypatch):
             {"key": "r56/baseline-retrained", "arch": "r56", "method": "baseline", "retrained": True,
              "test_accuracy": 0.88, "date": "2026-12-02"},
             run(0, "chanprune", 0.89), run(0, "tp-group-norm", 0.87),
-            run(1, "chanprune", 0.87, **again), run(1, "tp-group-norm", 0.86, **again)]
+            run(1, "chanprune", 0.87, **again), run(1, "tp-group-norm", 0.86, **again),
+            run(0, "tp-fpgm+cp", 0.80, **again), run(1, "tp-fpgm+cp", 0.86, **again)]
     monkeypatch.setattr(report, "load", lambda name: rows if name == "accuracy" else [])
     text = "\n".join(report.accuracy_section())
     assert "| r56 | - | baseline | 1.000 | - | 90.00 |" in text
-    assert "| r56 | - | baseline retrained with the same command (2026-12-02), the runs of t=0.25 seed 1 | 1.000 | - | 88.00 |" in text
+    assert "| r56 | - | baseline retrained with the same command (2026-12-02), the runs of t=0.25 seed 0 (tp-fpgm+cp), t=0.25 seed 1 | 1.000 | - | 88.00 |" in text
     # chanprune: (0.90 - 0.89 + 0.88 - 0.87) / 2 = 1 point; group norm: (3 + 2) / 2 = 2.5 points
     assert "| r56 | 0.25 | chanprune | 0.200 | 50.00 | 88.00 ± 1.41 | -1.00 |" in text
     assert "| r56 | 0.25 | tp-group-norm | 0.200 | 50.00 | 86.50 ± 0.71 | -2.50 |" in text
     assert "chanprune loses 1.00 points, the best Torch-Pruning method (tp-group-norm) 2.50: goal (at most half) met" in text
+    # seed 0's FPGM run started from the other baseline: no pair with seed 0's chanprune
+    assert "| r56 | 0.25 | tp-fpgm+cp | 0.200 | 50.00 | 83.00 ± 4.24 | -5.00 | +1.00 (wins 1/1) |" in text
 
 
 def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
