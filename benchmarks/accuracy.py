@@ -169,9 +169,49 @@ def main_tag(a, base: Path) -> str:
 
 def main_fields(a, base: Path) -> dict:
     """What a main-suite row's setup tag encodes beyond the subset and epochs, stored in the row itself:
-    the input size and the batch-norm re-estimation, where they are not the default (28 px, none)."""
+    the input size and the batch-norm re-estimation, where they are not the default (28 px, none),
+    and the baseline row that measured this baseline where it is not the arch's first (`baseline_key`)."""
     size = _size(base)
-    return {**({"image_size": size} if size else {}), **({"bn_batches": a.calibrate_bn} if a.calibrate_bn else {})}
+    return {**({"image_size": size} if size else {}), **({"bn_batches": a.calibrate_bn} if a.calibrate_bn else {}),
+            **({"baseline_key": a.baseline_key} if getattr(a, "baseline_key", None) else {})}
+
+
+def weights_digest(path: Path) -> str:
+    """A digest of a checkpoint's weights (not of the file, which also holds optimizer state and times)."""
+    import hashlib
+
+    import torch
+
+    state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def baseline_row(rows: Rows, arch: str, base: Path) -> str | None:
+    """The baseline row that measured the weights in `base`, written here if none did; returns its key
+    where it is not the arch's first row (`ARCH/baseline`), for the runs to name. A first row without a
+    digest (written before digests) is taken to be these weights: there is nothing to tell them apart."""
+    from chanprune.evaluate import eval_model
+
+    key, digest = f"{arch}/baseline", weights_digest(base)
+    same = [r for r in rows.rows.values() if r.get("arch") == arch and r.get("method") == "baseline"
+            and not r.get("suite") and not r.get("bn_batches") and r.get("sha256") == digest]
+    if same:
+        return None if same[0]["key"] == key else same[0]["key"]
+    first = rows.get(key)
+    if first is None or "sha256" not in first:
+        if first is None:
+            rows.add({"key": key, "arch": arch, "method": "baseline", "baseline": str(base), "sha256": digest,
+                      "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+        return None
+    other = f"{key}-{digest[:8]}"  # the file was replaced (retrained): its runs are measured from it
+    print(f"{base}: not the weights {key} measured; its runs are measured from {other}", flush=True)
+    rows.add({"key": other, "arch": arch, "method": "baseline", "retrained": True, "baseline": str(base),
+              "sha256": digest, "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    return other
 
 
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
@@ -563,11 +603,7 @@ def main():
     methods = (a.methods or ",".join(CONDITIONAL if cond else MAIN if main_suite else ["cp-default", *ABLATIONS])).split(",")
     base = baseline(a.arch, a.out, a.baseline)
     key = f"{a.arch}/baseline"
-    if key not in rows:
-        from chanprune.evaluate import eval_model
-
-        rows.add({"key": key, "arch": a.arch, "method": "baseline", "baseline": str(base),
-                  "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    a.baseline_key = baseline_row(rows, a.arch, base)
     if a.calibrate_bn and f"{key}-bn{a.calibrate_bn}" not in rows:
         rows.add({"key": f"{key}-bn{a.calibrate_bn}", "arch": a.arch, "method": "baseline", "baseline": str(base),
                   "bn_batches": a.calibrate_bn, "test_accuracy": baseline_bn_accuracy(base, a.calibrate_bn)})

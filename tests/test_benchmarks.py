@@ -106,6 +106,31 @@ def test_accuracy_table_measures_each_run_from_its_own_baseline(monkeypatch):
     assert "| r56 | 0.25 | tp-fpgm+cp | 0.200 | 50.00 | 83.00 ± 4.24 | -5.00 | +1.00 (wins 1/1) |" in text
 
 
+def test_a_replaced_baseline_gets_its_own_row_and_its_runs_name_it(monkeypatch, tmp_path):
+    """The main suite measures a baseline once; when the file holds other weights later (retrained),
+    it writes a second row for them and returns its key, which the runs then carry."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    common, accuracy = importlib.import_module("_common"), importlib.import_module("accuracy")
+    import chanprune.evaluate
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    scores = iter([0.90, 0.88])
+    monkeypatch.setattr(chanprune.evaluate, "eval_model", lambda path, data: {"accuracy": next(scores)})
+    base = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "saved": 1}, base)
+    rows = common.Rows("acc")
+    assert accuracy.baseline_row(rows, "r56", base) is None  # the first: ARCH/baseline, with its digest
+    torch.save({"state_dict": {"w": torch.ones(3)}, "saved": 2}, base)  # the same weights, another file
+    assert accuracy.baseline_row(rows, "r56", base) is None and len(rows.rows) == 1
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, base)  # retrained
+    key = accuracy.baseline_row(rows, "r56", base)
+    assert key.startswith("r56/baseline-") and rows.get(key)["retrained"] and rows.get(key)["test_accuracy"] == 0.88
+    assert accuracy.baseline_row(common.Rows("acc"), "r56", base) == key  # found again from the file
+    legacy = common.Rows("legacy")
+    legacy.add({"key": "r20/baseline", "arch": "r20", "method": "baseline", "test_accuracy": 0.92})
+    assert accuracy.baseline_row(legacy, "r20", base) is None and len(legacy.rows) == 1  # no digest: taken as these
+
+
 def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
     """onnxruntime profiles the nodes inside an If on their own and inside the If's time: the breakdown
     of the conditional models counts them once, in their own kind, and the If by its own time."""
