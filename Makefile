@@ -50,6 +50,10 @@ bench: venv data
 	$(PY) benchmarks/simplify.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/why.py
+	$(PY) benchmarks/latency_budget.py
+	$(PY) benchmarks/lam_rate.py
+	$(PY) benchmarks/profile_timing.py
+	$(PY) benchmarks/conditional.py
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/report.py --readme
 
