@@ -349,7 +349,7 @@ LAM_RISE, LAM_EXCESS = 100.0, 0.25
 def lambda_rate(config: LearnConfig, total_steps: int) -> float:
     """The dual-ascent rate: `config.lam_rate`, or under None the rate at which lambda grows
     `LAM_RISE`-fold over the learning steps while the cost stays `LAM_EXCESS` (relative) above target,
-    never below `LAM_RATE_FLOOR`. A fixed rate is a number of steps: at 0.05 and 30% over target
+    never below `LAM_RATE_FLOOR`. A fixed rate needs its number of steps: at 0.05 and 30% over target
     lambda grows 1.5% a step, 5 to 69 in 180 steps, too slow to pull a short run's plan to its target."""
     rate = getattr(config, "lam_rate", LAM_RATE_FLOOR)
     if rate is not None:
