@@ -104,14 +104,19 @@ def tp_at_flops(base_pt: Path, flops_ratio: float, out: Path) -> dict:
     """The largest kept FLOPs not above `flops_ratio` (bisection on the uniform ratio)."""
     if (out / "tp.json").is_file():
         return json.loads((out / "tp.json").read_text())
-    lo, hi, best = 0.0, 0.95, None
+    lo, hi, best, lowest = 0.0, 0.95, None, None
     for i in range(10):
         mid = (lo + hi) / 2
         d = tp_model(base_pt, mid, out.parent / f"{out.name}_try{i}")
+        lowest = d if lowest is None or d["flops_ratio"] < lowest["flops_ratio"] else lowest
         if d["flops_ratio"] <= flops_ratio:
             hi, best = mid, (d if best is None or d["flops_ratio"] > best["flops_ratio"] else best)
         else:
             lo = mid
+    if best is None and lowest is not None:  # uniform round_to=16 cannot go that low: its lowest, said so
+        print(f"{out}: no uniform ratio reaches FLOPs {flops_ratio:.3f}; the lowest is {lowest['flops_ratio']:.3f}",
+              flush=True)
+        best = {**lowest, "short_of_flops": flops_ratio}
     return _settle(best, out)
 
 
