@@ -202,16 +202,15 @@ def baseline_row(rows: Rows, arch: str, base: Path) -> str | None:
     if same:
         return None if same[0]["key"] == key else same[0]["key"]
     first = rows.get(key)
-    if first is None or "sha256" not in first:
-        if first is None:
-            rows.add({"key": key, "arch": arch, "method": "baseline", "baseline": str(base), "sha256": digest,
-                      "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    if first is not None and "sha256" not in first:
         return None
-    other = f"{key}-{digest[:8]}"  # the file was replaced (retrained): its runs are measured from it
-    print(f"{base}: not the weights {key} measured; its runs are measured from {other}", flush=True)
-    rows.add({"key": other, "arch": arch, "method": "baseline", "retrained": True, "baseline": str(base),
-              "sha256": digest, "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
-    return other
+    new = key if first is None else f"{key}-{digest[:8]}"  # else the file was replaced (retrained)
+    if first is not None:
+        print(f"{base}: not the weights {key} measured; its runs are measured from {new}", flush=True)
+    rows.add({"key": new, "arch": arch, "method": "baseline", **({"retrained": True} if first else {}),
+              "baseline": str(base), "sha256": digest,
+              "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    return None if new == key else new
 
 
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:

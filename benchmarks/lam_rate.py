@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import latency_budget as lb
 from _common import Rows
@@ -31,10 +30,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="efficientnet_lite0")
     ap.add_argument("--targets", default="0.5,0.3,0.7")
-    ap.add_argument("--limit", type=int, default=12800)
-    ap.add_argument("--base-epochs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/latency_budget"))
+    lb.plan_arguments(ap)
     a = ap.parse_args()
     rows = Rows("lam_rate")
     for arch in a.archs.split(","):

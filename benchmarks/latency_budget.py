@@ -113,7 +113,7 @@ def tp_at_flops(base_pt: Path, flops_ratio: float, out: Path) -> dict:
             hi, best = mid, (d if best is None or d["flops_ratio"] > best["flops_ratio"] else best)
         else:
             lo = mid
-    if best is None and lowest is not None:  # uniform round_to=16 cannot go that low: its lowest, said so
+    if best is None:  # uniform round_to=16 cannot go that low: its lowest, said so
         print(f"{out}: no uniform ratio reaches FLOPs {flops_ratio:.3f}; the lowest is {lowest['flops_ratio']:.3f}",
               flush=True)
         best = {**lowest, "short_of_flops": flops_ratio}
@@ -163,14 +163,19 @@ def measure(rows: Rows, arch: str, t: float, variants: dict[str, dict], dense_on
         "params_slim": v.get("params_slim"), "predicted_speedup": (v.get("predicted_speedup") or {}).get(str(b))})
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", default="resnet18,mobilenet_v2,efficientnet_lite0,resnet34,resnet50")
-    ap.add_argument("--targets", default="0.5,0.3,0.7")
+def plan_arguments(ap: argparse.ArgumentParser) -> None:
+    """What `baseline` and `learn` read: the subset, the baseline's and each plan's epochs, the folder."""
     ap.add_argument("--limit", type=int, default=12800)
     ap.add_argument("--base-epochs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1, help="Learning epochs per plan (plans only, no fine-tuning).")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/latency_budget"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="resnet18,mobilenet_v2,efficientnet_lite0,resnet34,resnet50")
+    ap.add_argument("--targets", default="0.5,0.3,0.7")
+    plan_arguments(ap)
     a = ap.parse_args()
     import torch
 

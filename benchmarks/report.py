@@ -283,11 +283,10 @@ def accuracy_section() -> list[str]:
     # the main suite's baseline per arch; where its runs re-estimate their batch norms (`-bnK`), the
     # baseline's accuracy with its own re-estimated the same way
     bn = {r["arch"]: r["bn_batches"] for r in runs if r.get("bn_batches")}
-    baselines = [r for r in rows if r.get("method") == "baseline" and not r.get("suite")]
     # a run may name another baseline than its arch's (`baseline_key`: one retrained later); its change
     # is measured from that one
-    other = {r["key"]: r for r in baselines if r.get("retrained")}
-    baselines = [r for r in baselines if not r.get("retrained")]
+    other = {r["key"]: r for r in rows if r.get("method") == "baseline" and r.get("retrained")}
+    baselines = _baselines(rows)
     base = {r["arch"]: r for r in baselines if r.get("bn_batches") == bn.get(r["arch"])}
     stale = {r["arch"]: f"{pct(r['test_accuracy'])}%" for r in baselines if not r.get("bn_batches")}
     own = lambda r: other[r["baseline_key"]] if r.get("baseline_key") in other else base.get(r["arch"])  # noqa: E731
@@ -529,8 +528,7 @@ def conditional_accuracy_section() -> list[str]:
     runs = [r for r in rows if r.get("suite") == "conditional"]
     if not runs:
         return []
-    base = {r["arch"]: r for r in rows if r.get("method") == "baseline" and not r.get("suite")
-            and not r.get("bn_batches") and not r.get("retrained")}  # the first, 28 px baseline
+    base = {r["arch"]: r for r in _baselines(rows) if not r.get("bn_batches")}  # without re-estimation
     cell = {(r["arch"], r["setup"], r["target"], r["seed"], r["method"]): r for r in runs}
     out = ["### Conditional computation against pruning at equal average FLOPs (Fashion-MNIST)", "",
            ("`python benchmarks/accuracy.py --suite conditional` (rows: `benchmarks/results/accuracy.jsonl`, "
@@ -607,6 +605,12 @@ def _modes_table(rows) -> list[str]:
     return out + [""]
 
 
+def _baselines(rows) -> list[dict]:
+    """The main suite's baseline rows (per arch: as trained, and with batch norms re-estimated), not the
+    latency suite's and not a retrained file's (those only the runs that name them use)."""
+    return [r for r in rows if r.get("method") == "baseline" and not r.get("suite") and not r.get("retrained")]
+
+
 def _goals(arch, setup, t, means, losses, cell) -> list[str]:
     """The issue's two goals for one (arch, target), stated from the rows (`losses`: each method's mean
     loss from its runs' own baselines)."""
@@ -616,7 +620,7 @@ def _goals(arch, setup, t, means, losses, cell) -> list[str]:
     tp_doc = {m: v for m, v in means.items() if m.startswith("tp-") and "+" not in m and "@" not in m}
     lines = []
     if tp_cp:
-        best = max(tp_cp, key=lambda m: -losses[m] if m in losses else tp_cp[m])
+        best = max(tp_cp, key=(lambda m: -losses[m]) if all(m in losses for m in tp_cp) else tp_cp.get)
         diffs = _paired(cell, arch, setup, t, best)
         spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
         gap = statistics.fmean(diffs) if diffs else means["chanprune"] - tp_cp[best]
