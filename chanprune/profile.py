@@ -27,9 +27,21 @@ input shape, backend, threads, batch sizes, block, sampling, calibration and the
 
 Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
 block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
-(`measure_interleaved`); `model_ms = scale * sum(layer ms) + offset_ms` is fitted by least squares
-(a non-positive or non-finite scale falls back to scale 1 and the mean residual). One more random
-plan, not in the fit, is the holdout: its relative error is the honest one.
+(`measure_interleaved`), and the whole models' times are fitted to the table's sums, one of two ways:
+
+  fit "parts" (the default): each layer's timed grid is split by least squares into a bilinear
+      a + p * kin + q * kout + d * kin * kout: an intercept (a lone graph's call), the terms linear
+      in one count (memory traffic, the layout reorders around a lone blocked conv) and the
+      product (the multiply-adds). Summed over the layers that keep channels, the three parts get
+      one non-negative weight each (`scipy.optimize.nnls`) and every layer's grid is rewritten as
+      w_a * a + w_lin * (its linear rest) + w_d * d * kin * kout (at least a twentieth of the point,
+      so the table stays positive): a lone layer's overheads scale apart from its compute, which
+      is what a single scale got wrong (pruned plans over-predicted by 10-35%). The table then
+      predicts with scale 1 and offset 0. Fewer than 4 models to fit (3 weights) falls back to:
+  fit "scale": `model_ms = scale * sum(layer ms) + offset_ms` by least squares (`_fit`).
+
+Both fits' errors are recorded from the same timings (the one not used under "alternative").
+One more random plan, not in the fit, is the holdout: its relative error is the honest one.
 """
 from __future__ import annotations
 
@@ -60,12 +72,13 @@ from .measure.latency import (BACKENDS, available_backends, kernel_ms, make_runn
 from .measure.lut import LUT_VERSION, LatencyTable, LayerTable, default_block, kept_counts, machine_info
 from .zoo import build_model
 
-__all__ = ["profile_model", "cache_root", "sample_grid", "side_grid", "POINT_SECONDS", "TIMINGS"]
+__all__ = ["profile_model", "cache_root", "sample_grid", "side_grid", "POINT_SECONDS", "TIMINGS", "FITS"]
 
 POINT_SECONDS = 0.15  # time spent running one point (plus its export and session)
 _MAX_RUNS = 500  # per point: a 20 µs layer needs no more
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TIMINGS = ("wall", "kernel")
+FITS = ("parts", "scale")
 
 Progress = Callable[[str, dict], None]
 
@@ -410,9 +423,76 @@ def _in_context(table: LatencyTable, targets: dict[str, Path], orders: dict[str,
     return {"layers": len(corrected), "of": len(table.layers), "models": len(ctx), "unmapped_models": unmapped}
 
 
+def _layer_parts(lt: LayerTable, b: int) -> tuple[float, float, float, float]:
+    """(a, p, q, d) of ms ~ a + p * kin + q * kout + d * kin * kout over the layer's timed grid at
+    batch b, by least squares. A depthwise layer (one count) or a side timed at one width (a stem's
+    RGB inputs, a classifier's outputs) is a line a + c * k; its slope is the product d (the fixed
+    side folded in) for a conv or linear layer, and linear (p) for a depthwise one, whose
+    multiply-adds and memory traffic both grow with its one count."""
+    ms = np.asarray(lt.ms[str(b)], dtype=float)
+    gi, go = np.asarray(lt.grid_in, dtype=float), np.asarray(lt.grid_out, dtype=float)
+    if lt.kind == "dw" or len(gi) == 1 or len(go) == 1:
+        one_in = lt.kind != "dw" and len(gi) == 1
+        k, y = (go, ms[0, :]) if one_in else (gi, ms[:, 0])
+        if len(k) < 2:
+            return float(ms.flat[0]), 0.0, 0.0, 0.0
+        c, a = (float(v) for v in np.polyfit(k, y, 1))
+        if lt.kind == "dw":
+            return a, c, 0.0, 0.0
+        return a, 0.0, 0.0, c / float(gi[0] if one_in else go[0])
+    i, o = np.meshgrid(gi, go, indexing="ij")
+    A = np.stack([np.ones(i.size), i.ravel(), o.ravel(), (i * o).ravel()], 1)
+    return tuple(float(v) for v in np.linalg.lstsq(A, ms.ravel(), rcond=None)[0])
+
+
+def _parts_sum(table: LatencyTable, counts: dict[str, tuple], b: int, coefs: dict[str, tuple]) -> np.ndarray:
+    """[intercepts, linear rests, products] summed over the layers that keep channels at `counts`;
+    the linear rest is the table's interpolated time less the other two (so the three add up to it)."""
+    out = np.zeros(3)
+    for lt in table.layers:
+        kin, kout = (float(v) for v in counts[lt.module])
+        if kin <= 0 or kout <= 0:
+            continue
+        a, _, _, d = coefs[lt.module]
+        t = float(lt.at(kin, kout, b))
+        prod = d * kin * kout
+        out += (a, t - a - prod, prod)
+    return out
+
+
+def _fit_parts(features: list[np.ndarray], y: list[float]) -> np.ndarray | None:
+    """Non-negative weights of the three parts (`scipy.optimize.nnls`); None where fewer than 4
+    models, or no positive fit."""
+    from scipy.optimize import nnls
+
+    if len(y) < 4:
+        return None
+    w, _ = nnls(np.asarray(features), np.asarray(y, dtype=float))
+    return w if np.all(np.isfinite(w)) and w.sum() > 0 else None
+
+
+def _rewrite_parts(table: LatencyTable, b: int, coefs: dict[str, tuple], w: np.ndarray) -> None:
+    """Each layer's grid at batch b as w_a * a + w_lin * rest + w_d * d * kin * kout, floored at a
+    twentieth of the timed point; what was timed stays in `attrs["timed_ms"]`."""
+    for lt in table.layers:
+        a, _, _, d = coefs[lt.module]
+        rows = lt.ms[str(b)]
+        lt.attrs.setdefault("timed_ms", {})[str(b)] = [list(r) for r in rows]
+        go = lt.grid_out if lt.kind != "dw" else [0] * len(rows[0])
+        new = []
+        for kin, row in zip(lt.grid_in, rows):
+            out = []
+            for kout, v in zip(go, row):
+                prod = 0.0 if lt.kind == "dw" else d * kin * kout
+                out.append(max(float(w[0] * a + w[1] * (v - a - prod) + w[2] * prod), v / 20))
+            new.append(out)
+        lt.ms[str(b)] = new
+        lt.__dict__.pop("_cache", None)
+
+
 def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: torch.Tensor, *, plans: int,
                seed: int, backend: str, threads: int, budget_s: float, tmp: Path,
-               progress: Progress | None, in_context: bool = False) -> dict[str, dict]:
+               progress: Progress | None, in_context: bool = False, fit_kind: str = "parts") -> dict[str, dict]:
     fit, holdout = _calibration_plans(graph, plans, table.block, seed)
     models = {"dense": (1.0, None, None, model)}
     for k, s, plan in [*fit, holdout]:
@@ -441,18 +521,37 @@ def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: to
         layer_ms = {name: float(sum(t.at(*sums[name][t.module], b) for t in table.layers)) for name in models}
         scale, offset = _fit([layer_ms[n] for n in in_fit], [measured[n] for n in in_fit])
 
-        def row(name):
-            keep, s, _, _ = models[name]
-            pred = scale * layer_ms[name] + offset
-            return {"keep": keep, "seed": s, "measured_ms": measured[name], "predicted_ms": pred,
-                    "layers_ms": layer_ms[name], "rel_error": (pred - measured[name]) / measured[name]}
+        def errors(pred: dict[str, float], layers: dict[str, float]) -> dict:
+            def row(name):
+                keep, s, _, _ = models[name]
+                return {"keep": keep, "seed": s, "measured_ms": measured[name], "predicted_ms": pred[name],
+                        "layers_ms": layers[name], "rel_error": (pred[name] - measured[name]) / measured[name]}
 
-        rows = [row(n) for n in in_fit]
-        hold = row(hold_name)
-        out[str(b)] = {"scale": scale, "offset_ms": offset, "dense_ms": measured["dense"],
-                       "layers_dense_ms": layer_ms["dense"],
-                       "error": {"plans": rows, "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows)},
-                       "holdout": hold}
+            rows = [row(n) for n in in_fit]
+            return {"error": {"plans": rows, "max_abs_rel_error": max(abs(r["rel_error"]) for r in rows)},
+                    "holdout": row(hold_name)}
+
+        by_scale = {"fit": "scale", "scale": scale, "offset_ms": offset, "layers_dense_ms": layer_ms["dense"],
+                    **errors({n: scale * layer_ms[n] + offset for n in models}, layer_ms)}
+        coefs = {lt.module: _layer_parts(lt, b) for lt in table.layers}
+        feats = {n: _parts_sum(table, sums[n], b, coefs) for n in models}
+        w = _fit_parts([feats[n] for n in in_fit], [measured[n] for n in in_fit])
+        by_parts = None
+        if w is not None:
+            weights = {"intercept": float(w[0]), "linear": float(w[1]), "product": float(w[2])}
+            raw_dense = layer_ms["dense"]
+            if fit_kind == "parts":
+                _rewrite_parts(table, b, coefs, w)
+                fitted = {n: float(sum(t.at(*sums[n][t.module], b) for t in table.layers)) for n in models}
+            else:
+                fitted = {n: float(feats[n] @ w) for n in models}
+            by_parts = {"fit": "parts", "scale": 1.0, "offset_ms": 0.0, "weights": weights,
+                        "layers_dense_ms": fitted["dense"], "raw_layers_dense_ms": raw_dense,
+                        **errors(fitted, fitted)}
+        chosen, other = (by_parts, by_scale) if fit_kind == "parts" and by_parts is not None else (by_scale, by_parts)
+        out[str(b)] = {**chosen, "dense_ms": measured["dense"]}
+        if other is not None:
+            out[str(b)]["alternative"] = other
         if context is not None:
             out[str(b)]["context"] = context
         if progress:
@@ -534,7 +633,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
                   arch: str | None = None, num_classes: int | None = None, backend: str = "ort-cpu",
                   threads: int = 2, batch_sizes=(1,), block: int | None = None, samples: int = 4,
                   calibration_plans: int = 3, cache: bool = True, point_seconds: float = POINT_SECONDS,
-                  seed: int = 0, timing: str = "wall", in_context: bool = False,
+                  seed: int = 0, timing: str = "wall", in_context: bool = False, fit: str = "parts",
                   progress: Progress | None = None) -> LatencyTable:
     """Measure the latency table of a model on this machine (see the module's docstring).
 
@@ -560,6 +659,9 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         in_context: (ort-cpu only) before the whole-model fit, correct each layer's row to its
             kernel time inside the calibration models (`_in_context`): onnxruntime's profile of each
             whole model, its nodes paired with the layers.
+        fit: how the whole models' times calibrate the table: "parts" (the default: intercepts,
+            linear terms and products of each layer's grid weighted apart) or "scale" (one scale and
+            an offset over the layers' sum). See the module's docstring.
         progress: `progress(stage, info)` with stage "graph", "layer", "calibrate", "calibrated"
             or "cached".
 
@@ -570,6 +672,8 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
     sizes = _check_args(input_shape, backend, threads, batch_sizes, block, samples, calibration_plans, point_seconds)
     if timing not in TIMINGS:
         raise ChanpruneError(f"--timing {timing!r}: choose from {', '.join(TIMINGS)}")
+    if fit not in FITS:
+        raise ChanpruneError(f"--fit {fit!r}: choose from {', '.join(FITS)}")
     if timing == "kernel" and backend != "ort-cpu":
         raise ChanpruneError(f"--timing kernel needs --backend ort-cpu (onnxruntime's CPU profiler), not {backend}")
     if in_context and backend != "ort-cpu":
@@ -591,7 +695,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         settings = {"arch": arch, "fingerprint": _fingerprint(model), "input_shape": list(input_shape[1:]),
                     "backend": backend, "threads": threads, "batch_sizes": sizes, "block": block, "samples": samples,
                     "calibration_plans": calibration_plans, "point_seconds": point_seconds, "seed": seed,
-                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": "offset>=0", "timing": timing,
+                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": "offset>=0" if fit == "scale" else fit, "timing": timing,
                     **({"in_context": True} if in_context else {})}
         root = cache_root() / "profiles"
         path = root / f"{_sha(settings)}.json"
@@ -649,7 +753,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             t_cal = time.perf_counter()
             table.calibration = _calibrate(table, model, graph, x, plans=calibration_plans, seed=seed, backend=backend,
                                            threads=threads, budget_s=10 * point_seconds, tmp=tmp, progress=progress,
-                                           in_context=in_context)
+                                           in_context=in_context, fit_kind=fit)
         n_points = sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)
         table.meta = {
             "samples": samples, "point_seconds": point_seconds, "calibration_plans": calibration_plans, "seed": seed,
@@ -658,7 +762,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             "points_timed": points.timed, "points_reused": points.reused,
             "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
                          + ": Conv/Linear of the kept shape with bias, no activation"),
-            "timing": timing, "in_context": in_context,
+            "timing": timing, "in_context": in_context, "fit": fit,
             "grouped_convs": "gated sides timed at multiples of lcm(block, groups), plus the full width",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cache": {"hit": False, "path": str(path) if cache else None},

@@ -78,6 +78,14 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x:+.1%}"
 
 
+def _alternative(c: dict | None) -> dict | None:
+    """The fit not used, from the same timings: its errors (and weights or scale)."""
+    if not c:
+        return None
+    return {"fit": c["fit"], "scale": c["scale"], "offset_ms": c["offset_ms"], "weights": c.get("weights"),
+            "max_abs_rel_error": c["error"]["max_abs_rel_error"], "holdout_rel_error": c["holdout"]["rel_error"]}
+
+
 @click.command(cls=JsonCommand)
 @click.option("--arch", required=True,
               help="Zoo name (resnet18, mobilenet_v2, efficientnet_lite0, ...), timm:NAME or module:function.")
@@ -94,7 +102,7 @@ def _pct(x) -> str:
 @click.option("--samples", type=click.IntRange(min=2), default=4, show_default=True,
               help="Timed counts per layer side (the smallest and the full width among them); interpolated between.")
 @click.option("--calibration-plans", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Random aligned plans timed whole to fit scale and offset (one more is held out).")
+              help="Random aligned plans timed whole to calibrate the table (one more is held out).")
 @click.option("--point-seconds", type=click.FloatRange(min=0, min_open=True), default=0.15, show_default=True,
               help="About how long each point runs (at least 3 runs after a warm-up); less is faster and noisier.")
 @click.option("--timing", type=click.Choice(["wall", "kernel"]), default="wall", show_default=True,
@@ -102,13 +110,16 @@ def _pct(x) -> str:
                    "without the reorders a lone layer pays (ort-cpu only).")
 @click.option("--in-context", is_flag=True, default=False,
               help="Correct each layer to its kernel time inside the calibration models (onnxruntime's profile; ort-cpu).")
+@click.option("--fit", type=click.Choice(["parts", "scale"]), default="parts", show_default=True,
+              help="Calibration: parts = each layer's intercept, linear and product terms weighted apart (needs "
+                   ">= 3 calibration plans, else scale); scale = one scale and an offset over the layers' sum.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Reuse a cached table (and timed points) from $CHANPRUNE_CACHE/profiles.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the table (default: profiles/<arch>-<H>x<W>-<backend>.json).")
 @handle_errors
 def profile(arch, weights, num_classes, input_shape, backend, threads, batch_sizes, block, samples, calibration_plans,
-            point_seconds, timing, in_context, cache, out, as_json):
+            point_seconds, timing, in_context, fit, cache, out, as_json):
     """Measure the latency table of --arch on this machine: each gated conv and linear layer timed as a
     one-layer ONNX graph on a grid of kept channel counts (multiples of --block), with the
     deployment's session settings, then calibrated against whole cut models per batch size.
@@ -124,7 +135,7 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
         table = profile_model(arch, input_shape, weights=weights, num_classes=num_classes, backend=backend,
                               threads=threads, batch_sizes=sizes, block=block, samples=samples,
                               calibration_plans=calibration_plans, point_seconds=point_seconds, cache=cache,
-                              timing=timing, in_context=in_context, progress=lines)
+                              timing=timing, in_context=in_context, fit=fit, progress=lines)
     finally:
         lines.close()
     table.save(out)
@@ -135,9 +146,11 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
          "cache_path": (m.get("cache") or {}).get("path"), "layers": len(table.layers),
          "unique_layers": m.get("unique_layers"), "points": m.get("points"), "points_timed": m.get("points_timed"),
          "seconds": m.get("seconds"), "timing": m.get("timing"), "in_context": m.get("in_context", False), "machine": table.machine,
-         "calibration": {b: {"dense_ms": c["dense_ms"], "scale": c["scale"], "offset_ms": c["offset_ms"],
+         "calibration": {b: {"dense_ms": c["dense_ms"], "fit": c.get("fit", "scale"), "scale": c["scale"],
+                             "offset_ms": c["offset_ms"], "weights": c.get("weights"),
                              "max_abs_rel_error": c["error"]["max_abs_rel_error"],
-                             "holdout_rel_error": c["holdout"]["rel_error"]} for b, c in table.calibration.items()}}
+                             "holdout_rel_error": c["holdout"]["rel_error"],
+                             "alternative": _alternative(c.get("alternative"))} for b, c in table.calibration.items()}}
     if as_json:
         emit_json(r)
         return
@@ -146,9 +159,13 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
     click.echo(f"{table.arch} at {'x'.join(map(str, table.input_shape))} on {table.backend} ({table.threads} threads, "
                f"block {table.block}): {len(table.layers)} layers ({m.get('unique_layers')} distinct), {where}")
     for b, c in r["calibration"].items():
-        click.echo(f"  batch {b}: dense {c['dense_ms']:.3f} ms; model = {c['scale']:.3f} x layers "
-                   f"{c['offset_ms']:+.3f} ms; error in fit max {abs(c['max_abs_rel_error']):.1%}, "
-                   f"holdout {_pct(c['holdout_rel_error'])}")
+        if c["weights"]:
+            w = c["weights"]
+            how = f"layers = {w['intercept']:.2f} x intercepts + {w['linear']:.2f} x linear + {w['product']:.2f} x products"
+        else:
+            how = f"model = {c['scale']:.3f} x layers {c['offset_ms']:+.3f} ms"
+        click.echo(f"  batch {b}: dense {c['dense_ms']:.3f} ms; {how}; error in fit max "
+                   f"{abs(c['max_abs_rel_error']):.1%}, holdout {_pct(c['holdout_rel_error'])}")
     mc = table.machine
     click.echo(f"  machine: {mc.get('device') or mc.get('cpu')} ({mc.get('isa')}), {table.backend} "
                f"{mc.get('backend_version')}")

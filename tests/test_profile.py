@@ -257,6 +257,59 @@ def test_a_layers_in_context_line_may_take_back_an_overhead_but_never_shifts_a_s
     assert scale == pytest.approx(0.8) and offset == 0.0
 
 
+def _grid_table(kind, gi, go, fn):
+    ms = [[fn(i, o) for o in go] for i in gi]
+    return LayerTable("m", kind, gi[-1], go[-1], list(gi), list(go), {"1": ms})
+
+
+def test_layer_parts_recover_a_bilinear_grid():
+    t = _grid_table("conv", [4, 8, 12], [4, 8], lambda i, o: 0.5 + 0.1 * i + 0.2 * o + 0.03 * i * o)
+    assert prof._layer_parts(t, 1) == pytest.approx((0.5, 0.1, 0.2, 0.03))
+    # one timed input width (a stem's RGB): the slope over the outputs is the product, the fixed side folded in
+    stem = _grid_table("conv", [3], [4, 8, 12], lambda i, o: 0.4 + 0.06 * o)
+    assert prof._layer_parts(stem, 1) == pytest.approx((0.4, 0.0, 0.0, 0.02))
+    dw = LayerTable("d", "dw", 12, 12, [4, 8, 12], [12], {"1": [[0.3 + 0.05 * k] for k in (4, 8, 12)]})
+    assert prof._layer_parts(dw, 1) == pytest.approx((0.3, 0.05, 0.0, 0.0))  # depthwise: all linear
+
+
+def test_parts_fit_needs_four_models_and_keeps_weights_non_negative():
+    feats = [[1.0, 2.0, 8.0], [1.0, 1.0, 2.0], [1.0, 1.5, 4.5], [0.8, 0.7, 1.0]]
+    w_true = [0.5, 0.3, 1.2]
+    y = [sum(f * w for f, w in zip(row, w_true)) for row in feats]
+    assert prof._fit_parts([list(map(float, r)) for r in feats], y) == pytest.approx(w_true)
+    assert prof._fit_parts(feats[:3], y[:3]) is None  # 3 weights from 3 models: no fit, the scale fit is used
+    w = prof._fit_parts(feats, [-v for v in y])
+    assert w is None  # nothing positive fits negative times
+
+
+def test_parts_calibration_rewrites_the_grid_from_the_same_points(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    raw = _profile(calibration_plans=3, fit="scale")
+    parts = _profile(calibration_plans=3)  # the same points, from the cache; the models timed again
+    assert parts.meta["points_timed"] == 0 and parts.meta["fit"] == "parts" and raw.meta["fit"] == "scale"
+    for b in ("1",):
+        cal, alt = parts.calibration[b], raw.calibration[b]["alternative"]
+        assert cal["fit"] == "parts" and cal["scale"] == 1.0 and cal["offset_ms"] == 0.0
+        assert cal["alternative"]["fit"] == "scale" and alt["fit"] == "parts"  # both fits, from one set of timings
+        w = cal["weights"]
+        assert min(w.values()) >= 0 and max(w.values()) > 0
+        for lr, lp in zip(raw.layers, parts.layers):
+            a, _, _, d = prof._layer_parts(lr, 1)
+            go = lr.grid_out if lr.kind != "dw" else [0]
+            want = [[max(w["intercept"] * a + w["linear"] * (v - a - d * i * o) + w["product"] * d * i * o, v / 20)
+                     for o, v in zip(go, row)] for i, row in zip(lr.grid_in, lr.ms[b])]
+            assert sum(lp.ms[b], []) == pytest.approx(sum(want, []), rel=1e-9)
+            assert min(min(r) for r in lp.ms[b]) > 0
+            assert lp.attrs["timed_ms"][b] == lr.ms[b]  # what was timed, kept beside the fitted grid
+        rows = cal["error"]["plans"]
+        assert [r["keep"] for r in rows] == [1.0, 0.3, 0.5, 0.7]
+        assert float(parts.predict_ms({}, 1)) == pytest.approx(rows[0]["predicted_ms"], rel=1e-9)
+        for r in [*rows, cal["holdout"]]:
+            assert r["rel_error"] == pytest.approx((r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
+    with pytest.raises(ChanpruneError, match="--fit"):
+        _profile(fit="median")
+
+
 def test_runs_in_budget_calls_twice_and_clamps():
     from chanprune.measure.latency import runs_in_budget
 
@@ -401,6 +454,7 @@ def garbage(tmp_path) -> Path:
     (["--arch", "tests.nets:chain", "--batch-size", "1,a"], "--batch-size"),
     (["--arch", "tests.nets:chain", "--samples", "1"], "--samples"),
     (["--arch", "tests.nets:chain", "--timing", "cpu"], "--timing"),
+    (["--arch", "tests.nets:chain", "--fit", "median"], "--fit"),
     (["--arch", "tests.nets:chain", "--in-context", "--backend", "torch-cpu"], "--in-context"),
     (["--arch", "tests.nets:chain", "--in-context", "--calibration-plans", "0"], "--in-context"),
     (["--arch", "tests.nets:chain", "--timing", "kernel", "--backend", "torch-cpu"], "--timing kernel"),
@@ -446,13 +500,16 @@ def test_json_is_one_object_and_the_file_is_a_table(tmp_path):
     out = tmp_path / "lut.json"
     env = {**__import__("os").environ, "CHANPRUNE_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "chanprune_cli.main", "profile", "--arch", "tests.nets:chain", "--input-shape",
-           "1,3,16,16", "--block", "4", "--samples", "2", "--calibration-plans", "1", "--point-seconds", "0.01",
+           "1,3,16,16", "--block", "4", "--samples", "2", "--calibration-plans", "3", "--point-seconds", "0.01",
            "--out", str(out), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r["out"] == str(out) and r["cached"] is False and r["layers"] == 4
     assert set(r["calibration"]) == {"1"} and r["calibration"]["1"]["dense_ms"] > 0
+    c = r["calibration"]["1"]
+    assert c["fit"] == "parts" and set(c["weights"]) == {"intercept", "linear", "product"}
+    assert c["alternative"]["fit"] == "scale" and c["alternative"]["max_abs_rel_error"] >= 0  # both fits, one timing
     assert "timing 4 gated layers" in proc.stderr
     table = LatencyTable.load(out)
     assert {t.module for t in table.layers} == {"features.0.0", "features.1.0", "features.2.0", "fc"}
