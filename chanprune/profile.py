@@ -33,9 +33,9 @@ block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and ti
       a + p * kin + q * kout + d * kin * kout: an intercept (a lone graph's call), the terms linear
       in one count (memory traffic, the layout reorders around a lone blocked conv) and the
       product (the multiply-adds). Summed over the layers that keep channels, the three parts get
-      one non-negative weight each (`scipy.optimize.nnls`) and every layer's grid is rewritten as
-      w_a * a + w_lin * (its linear rest) + w_d * d * kin * kout (at least a twentieth of the point,
-      so the table stays positive): a lone layer's overheads scale apart from its compute, which
+      one non-negative weight each (`scipy.optimize.nnls`, least squares on relative errors) and
+      every layer's grid is rewritten as w_a * a + w_lin * (its linear rest) + w_d * d * kin * kout
+      (at least a twentieth of the point, so the table stays positive): a lone layer's overheads scale apart from its compute, which
       is what a single scale got wrong (pruned plans over-predicted by 10-35%). The table then
       predicts with scale 1 and offset 0. Fewer than 4 models to fit (3 weights) falls back to:
   fit "scale": `model_ms = scale * sum(layer ms) + offset_ms` by least squares (`_fit`).
@@ -425,10 +425,13 @@ def _in_context(table: LatencyTable, targets: dict[str, Path], orders: dict[str,
 
 def _layer_parts(lt: LayerTable, b: int) -> tuple[float, float, float, float]:
     """(a, p, q, d) of ms ~ a + p * kin + q * kout + d * kin * kout over the layer's timed grid at
-    batch b, by least squares. A depthwise layer (one count) or a side timed at one width (a stem's
-    RGB inputs, a classifier's outputs) is a line a + c * k; its slope is the product d (the fixed
-    side folded in) for a conv or linear layer, and linear (p) for a depthwise one, whose
-    multiply-adds and memory traffic both grow with its one count."""
+    batch b, by non-negative least squares (`scipy.optimize.nnls`: no part may take time back, so
+    the weighted grid stays what the fit saw). A depthwise layer (one count) or a side timed at
+    one width (a stem's RGB inputs, a classifier's outputs) is a line a + c * k; its slope is the
+    product d (the fixed side folded in) for a conv or linear layer, and linear (p) for a depthwise
+    one, whose multiply-adds and memory traffic both grow with its one count."""
+    from scipy.optimize import nnls
+
     ms = np.asarray(lt.ms[str(b)], dtype=float)
     gi, go = np.asarray(lt.grid_in, dtype=float), np.asarray(lt.grid_out, dtype=float)
     if lt.kind == "dw" or len(gi) == 1 or len(go) == 1:
@@ -436,13 +439,13 @@ def _layer_parts(lt: LayerTable, b: int) -> tuple[float, float, float, float]:
         k, y = (go, ms[0, :]) if one_in else (gi, ms[:, 0])
         if len(k) < 2:
             return float(ms.flat[0]), 0.0, 0.0, 0.0
-        c, a = (float(v) for v in np.polyfit(k, y, 1))
+        (a, c), _ = nnls(np.stack([np.ones_like(k), k], 1), y)
         if lt.kind == "dw":
-            return a, c, 0.0, 0.0
-        return a, 0.0, 0.0, c / float(gi[0] if one_in else go[0])
+            return float(a), float(c), 0.0, 0.0
+        return float(a), 0.0, 0.0, float(c) / float(gi[0] if one_in else go[0])
     i, o = np.meshgrid(gi, go, indexing="ij")
     A = np.stack([np.ones(i.size), i.ravel(), o.ravel(), (i * o).ravel()], 1)
-    return tuple(float(v) for v in np.linalg.lstsq(A, ms.ravel(), rcond=None)[0])
+    return tuple(float(v) for v in nnls(A, ms.ravel())[0])
 
 
 def _parts_sum(table: LatencyTable, counts: dict[str, tuple], b: int, coefs: dict[str, tuple]) -> np.ndarray:
@@ -461,13 +464,17 @@ def _parts_sum(table: LatencyTable, counts: dict[str, tuple], b: int, coefs: dic
 
 
 def _fit_parts(features: list[np.ndarray], y: list[float]) -> np.ndarray | None:
-    """Non-negative weights of the three parts (`scipy.optimize.nnls`); None where fewer than 4
-    models, or no positive fit."""
+    """Non-negative weights of the three parts (`scipy.optimize.nnls` on the relative errors); None
+    where fewer than 4 models, or no positive fit."""
     from scipy.optimize import nnls
 
     if len(y) < 4:
         return None
-    w, _ = nnls(np.asarray(features), np.asarray(y, dtype=float))
+    y = np.asarray(y, dtype=float)
+    if np.any(y <= 0):
+        return None
+    # relative errors, not milliseconds: least squares on raw times is the dense model's alone
+    w, _ = nnls(np.asarray(features) / y[:, None], np.ones(len(y)))
     return w if np.all(np.isfinite(w)) and w.sum() > 0 else None
 
 
