@@ -478,6 +478,55 @@ def profile_timing_section() -> list[str]:
     return out + [""]
 
 
+def profile_fit_section() -> list[str]:
+    rows = load("profile_fit")
+    prof = [r for r in rows if r["key"].startswith("profile/")]
+    if not prof:
+        return []
+    out = ["#### How a table is calibrated: one scale, or by parts", "",
+           ("`python benchmarks/profile_fit.py` (rows: `benchmarks/results/profile_fit.jsonl`): one `chanprune profile "
+            "--fit parts` per model (onnxruntime CPU, 2 threads; the table keeps what was timed, so both fits come from "
+            "the same points and the same whole-model timings). `scale`: model = scale x the layers' sum + offset "
+            "(`--fit scale`, the fit before this one). `parts`: each layer's grid split into an intercept, the terms "
+            "linear in one count and the product of the two, one non-negative weight each (the default). Errors: "
+            "relative, worst over the fitted models (the dense one and 3 random aligned plans) / on a held-out plan. "
+            f"Machine: {machines(prof)}."), "",
+           "| arch | input | seconds | b1 worst: scale / parts | b1 holdout | b32 worst | b32 holdout "
+           "| parts weights b1 (intercept, linear, product) | b32 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def pair(c, k):
+        a, v = c["alternative"][k], c[k]
+        f = (lambda e: f"{e:+.1%}") if "holdout" in k else (lambda e: f"{e:.1%}")
+        return f"{f(a)} / " + (f"**{f(v)}**" if abs(v) < abs(a) else f(v))
+
+    def weights(c):
+        w = c.get("weights") or {}
+        return ", ".join(f"{w[k]:.2f}" for k in ("intercept", "linear", "product")) if w else "-"
+
+    for r in prof:
+        c1, c32 = r["calibration"]["1"], r["calibration"]["32"]
+        shape = "x".join(map(str, r["input_shape"][1:]))
+        out.append(f"| {r['arch']} | {shape} | {r['seconds']:.0f}{' (points cached)' if r.get('cached') else ''} | "
+                   f"{pair(c1, 'max_abs_rel_error')} | {pair(c1, 'holdout_rel_error')} | "
+                   f"{pair(c32, 'max_abs_rel_error')} | {pair(c32, 'holdout_rel_error')} | {weights(c1)} | {weights(c32)} |")
+    plans = [r for r in rows if r["key"].startswith("plan/")]
+    if plans:
+        out += ["", ("Learned plans, none of them in either fit (the CI guard's two resnet18 plans; MobileNetV2's three "
+                     "plans of the latency grid at target 0.7), cut, exported and timed against the dense model in one "
+                     "interleaved run per batch size, against the speedup each table predicted:"), "",
+                "| arch | plan | batch | measured | predicted: scale | error | parts | error |", "|---|---|---|---|---|---|---|---|"]
+        for r in plans:
+            ps, pp = r["predicted"]["scale"], r["predicted"]["parts"]
+            bold = abs(pp["rel_error"]) < abs(ps["rel_error"])
+            err = f"**{pp['rel_error']:+.1%}**" if bold else f"{pp['rel_error']:+.1%}"
+            out.append(f"| {r['arch']} | `{Path(r['plan']).name}` | {r['batch']} | {r['speedup']:.2f}x | "
+                       f"{ps['speedup']:.2f}x | {ps['rel_error']:+.1%} | {pp['speedup']:.2f}x | {err} |")
+        mean = {k: statistics.mean(abs(r["predicted"][k]["rel_error"]) for r in plans) for k in ("scale", "parts")}
+        out += ["", f"Mean absolute error over these {len(plans)} rows: scale {mean['scale']:.1%}, parts {mean['parts']:.1%}."]
+    return out + [""]
+
+
 def conditional_trained_section() -> list[str]:
     rows = [r for r in load("conditional") if r["key"].startswith("trained/")]
     if not rows:
@@ -757,7 +806,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + lam_rate_section() + profile_timing_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -280,6 +281,25 @@ def test_parts_fit_needs_four_models_and_keeps_weights_non_negative():
     assert prof._fit_parts(feats[:3], y[:3]) is None  # 3 weights from 3 models: no fit, the scale fit is used
     w = prof._fit_parts(feats, [-v for v in y])
     assert w is None  # nothing positive fits negative times
+
+
+def test_the_rewritten_table_predicts_what_was_fitted():
+    # convex in the counts (a bilinear fit of it has a negative intercept): no part may go negative,
+    # or the floor would lift the rewritten points away from the weighted sum the fit saw
+    conv = _grid_table("conv", [16, 32, 48], [16, 32], lambda i, o: 0.001 * i * i + 0.002 * i * o + 0.01)
+    stem = _grid_table("conv", [3], [16, 32], lambda i, o: 0.05 + 0.004 * o)
+    stem.module = "stem"
+    dw = LayerTable("dw", "dw", 48, 48, [16, 32, 48], [48], {"1": [[0.02 + 0.003 * k * k / 48] for k in (16, 32, 48)]})
+    table = LatencyTable("t", [3, 8, 8], "ort-cpu", 2, [1], 16, {}, [conv, stem, dw], {})
+    coefs = {lt.module: prof._layer_parts(lt, 1) for lt in table.layers}
+    assert all(v >= 0 for c in coefs.values() for v in c)
+    plans = [{"m": (i, o), "stem": (3, s), "dw": (d, d)} for i, o, s, d in
+             [(48, 32, 32, 48), (16, 16, 16, 16), (32, 16, 32, 32), (48, 16, 16, 32)]]
+    w = np.array([3.0, 0.2, 0.8])
+    want = [float(prof._parts_sum(table, c, 1, coefs) @ w) for c in plans]
+    prof._rewrite_parts(table, 1, coefs, w)
+    got = [float(sum(lt.at(*c[lt.module], 1) for lt in table.layers)) for c in plans]
+    assert got == pytest.approx(want, rel=1e-9)
 
 
 def test_parts_calibration_rewrites_the_grid_from_the_same_points(tmp_path, monkeypatch):
