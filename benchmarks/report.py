@@ -490,6 +490,8 @@ def profile_fit_section() -> list[str]:
             "(`--fit scale`, the fit before this one). `parts`: each layer's grid split into an intercept, the terms "
             "linear in one count and the product of the two, one non-negative weight each (the default). Errors: "
             "relative, worst over the fitted models (the dense one and 3 random aligned plans) / on a held-out plan. "
+            "Seconds: the profile with the points already timed on this machine (its point cache); only the "
+            "calibration models were timed in it. "
             f"Machine: {machines(prof)}."), "",
            "| arch | input | seconds | b1 worst: scale / parts | b1 holdout | b32 worst | b32 holdout "
            "| parts weights b1 (intercept, linear, product) | b32 |",
