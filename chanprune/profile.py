@@ -29,15 +29,16 @@ Calibration. Per batch size, the dense model and `calibration_plans` random plan
 block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
 (`measure_interleaved`), and the whole models' times are fitted to the table's sums, one of two ways:
 
-  fit "parts" (the default): each layer's timed grid is split by least squares into a bilinear
-      a + p * kin + q * kout + d * kin * kout: an intercept (a lone graph's call), the terms linear
-      in one count (memory traffic, the layout reorders around a lone blocked conv) and the
-      product (the multiply-adds). Summed over the layers that keep channels, the three parts get
-      one non-negative weight each (`scipy.optimize.nnls`, least squares on relative errors) and
-      every layer's grid is rewritten as w_a * a + w_lin * (its linear rest) + w_d * d * kin * kout
-      (at least a twentieth of the point, so the table stays positive): a lone layer's overheads scale apart from its compute, which
-      is what a single scale got wrong (pruned plans over-predicted by 10-35%). The table then
-      predicts with scale 1 and offset 0. Fewer than 4 models to fit (3 weights) falls back to:
+  fit "parts" (the default): each layer's timed grid is split by non-negative least squares into
+      a bilinear a + p * kin + q * kout + d * kin * kout (`_layer_parts`): an intercept (a lone
+      graph's call), the terms linear in one count (memory traffic, the layout reorders around a
+      lone blocked conv) and the product (the multiply-adds). Summed over the layers that keep
+      channels, the three parts get one non-negative weight each (`scipy.optimize.nnls`, least
+      squares on relative errors) and every layer's grid is rewritten as w_a * a + w_lin * (its
+      linear rest) + w_d * d * kin * kout (at least a twentieth of the point, so the table stays
+      positive): a lone layer's overheads scale apart from its compute, which is what a single
+      scale got wrong (pruned plans over-predicted by 10-35%). The table then predicts with scale 1
+      and offset 0. Fewer than 4 models to fit (3 weights) falls back to:
   fit "scale": `model_ms = scale * sum(layer ms) + offset_ms` by least squares (`_fit`).
 
 Both fits' errors are recorded from the same timings (the one not used under "alternative").
