@@ -486,15 +486,9 @@ def _rewrite_parts(table: LatencyTable, b: int, coefs: dict[str, tuple], w: np.n
         a, _, _, d = coefs[lt.module]
         rows = lt.ms[str(b)]
         lt.attrs.setdefault("timed_ms", {})[str(b)] = [list(r) for r in rows]
-        go = lt.grid_out if lt.kind != "dw" else [0] * len(rows[0])
-        new = []
-        for kin, row in zip(lt.grid_in, rows):
-            out = []
-            for kout, v in zip(go, row):
-                prod = 0.0 if lt.kind == "dw" else d * kin * kout
-                out.append(max(float(w[0] * a + w[1] * (v - a - prod) + w[2] * prod), v / 20))
-            new.append(out)
-        lt.ms[str(b)] = new
+        # a depthwise layer's one column is at grid_out = [its width], and its product d is 0
+        lt.ms[str(b)] = [[max(float(w[0] * a + w[1] * (v - a - d * kin * kout) + w[2] * d * kin * kout), v / 20)
+                          for kout, v in zip(lt.grid_out, row)] for kin, row in zip(lt.grid_in, rows)]
         lt.__dict__.pop("_cache", None)
 
 
@@ -547,14 +541,13 @@ def _calibrate(table: LatencyTable, model: nn.Module, graph: ChannelGraph, x: to
         by_parts = None
         if w is not None:
             weights = {"intercept": float(w[0]), "linear": float(w[1]), "product": float(w[2])}
-            raw_dense = layer_ms["dense"]
             if fit_kind == "parts":
                 _rewrite_parts(table, b, coefs, w)
                 fitted = {n: float(sum(t.at(*sums[n][t.module], b) for t in table.layers)) for n in models}
             else:
                 fitted = {n: float(feats[n] @ w) for n in models}
             by_parts = {"fit": "parts", "scale": 1.0, "offset_ms": 0.0, "weights": weights,
-                        "layers_dense_ms": fitted["dense"], "raw_layers_dense_ms": raw_dense,
+                        "layers_dense_ms": fitted["dense"], "raw_layers_dense_ms": layer_ms["dense"],
                         **errors(fitted, fitted)}
         chosen, other = (by_parts, by_scale) if fit_kind == "parts" and by_parts is not None else (by_scale, by_parts)
         out[str(b)] = {**chosen, "dense_ms": measured["dense"]}

@@ -78,11 +78,11 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x:+.1%}"
 
 
-def _alternative(c: dict | None) -> dict | None:
-    """The fit not used, from the same timings: its errors (and weights or scale)."""
+def _fit_summary(c: dict | None) -> dict | None:
+    """One calibration fit in short: which, its scale and offset (or weights), its errors."""
     if not c:
         return None
-    return {"fit": c["fit"], "scale": c["scale"], "offset_ms": c["offset_ms"], "weights": c.get("weights"),
+    return {"fit": c.get("fit", "scale"), "scale": c["scale"], "offset_ms": c["offset_ms"], "weights": c.get("weights"),
             "max_abs_rel_error": c["error"]["max_abs_rel_error"], "holdout_rel_error": c["holdout"]["rel_error"]}
 
 
@@ -146,11 +146,8 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
          "cache_path": (m.get("cache") or {}).get("path"), "layers": len(table.layers),
          "unique_layers": m.get("unique_layers"), "points": m.get("points"), "points_timed": m.get("points_timed"),
          "seconds": m.get("seconds"), "timing": m.get("timing"), "in_context": m.get("in_context", False), "machine": table.machine,
-         "calibration": {b: {"dense_ms": c["dense_ms"], "fit": c.get("fit", "scale"), "scale": c["scale"],
-                             "offset_ms": c["offset_ms"], "weights": c.get("weights"),
-                             "max_abs_rel_error": c["error"]["max_abs_rel_error"],
-                             "holdout_rel_error": c["holdout"]["rel_error"],
-                             "alternative": _alternative(c.get("alternative"))} for b, c in table.calibration.items()}}
+         "calibration": {b: {"dense_ms": c["dense_ms"], **_fit_summary(c),  # and the fit not used, same timings
+                             "alternative": _fit_summary(c.get("alternative"))} for b, c in table.calibration.items()}}
     if as_json:
         emit_json(r)
         return

@@ -7,8 +7,9 @@ of the runtime's block (the last one the layer's full width), timed as a one-lay
 the deployment's session settings. A calibration per batch size maps the sum of the layers onto
 whole-model timings: `model_ms = scale * sum(layers) + offset_ms`; `offset_ms` is what no gate
 touches. A table calibrated by parts (`chanprune.profile`, the default) has its layers' grids
-rewritten by the fit instead, and predicts with scale 1 and offset 0. Between grid points the latency is bilinear in the two counts; a count of 0 (the layer is
-cut away) costs 0, so the table is also differentiable in soft, expected counts.
+rewritten by the fit instead, and predicts with scale 1 and offset 0. Between grid points the
+latency is bilinear in the two counts; a count of 0 (the layer is cut away) costs 0, so the table
+is also differentiable in soft, expected counts.
 
 The table records the machine it was measured on (`machine_info`); `machine_mismatch` says why a
 table does not describe this machine.
