@@ -80,6 +80,9 @@ _MAX_RUNS = 500  # per point: a 20 µs layer needs no more
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TIMINGS = ("wall", "kernel")
 FITS = ("parts", "scale")
+# Each fit's revision, part of a cached table's key: a table made by an earlier algorithm under the same
+# fit name is profiled again, not reused. Bump a fit's revision when its algorithm changes.
+FIT_REVISIONS = {"parts": "parts/nnls-relative", "scale": "offset>=0"}
 
 Progress = Callable[[str, dict], None]
 
@@ -696,7 +699,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         settings = {"arch": arch, "fingerprint": _fingerprint(model), "input_shape": list(input_shape[1:]),
                     "backend": backend, "threads": threads, "batch_sizes": sizes, "block": block, "samples": samples,
                     "calibration_plans": calibration_plans, "point_seconds": point_seconds, "seed": seed,
-                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": "offset>=0" if fit == "scale" else fit, "timing": timing,
+                    "machine": _machine_key(machine), "version": LUT_VERSION, "fit": FIT_REVISIONS[fit], "timing": timing,
                     **({"in_context": True} if in_context else {})}
         root = cache_root() / "profiles"
         path = root / f"{_sha(settings)}.json"

@@ -574,3 +574,17 @@ def test_layer_build_keeps_a_conv_subclass_and_its_forward(kind, groups):
     assert type(one) is _SamePadConv and one.weight.shape == (16, 16 // (16 if kind == "dw" else 1), 3, 3)
     assert one(torch.zeros(lay.input_shape(16, 1))).shape == (1, 16, 8, 8)  # the padding came along
     assert m.weight.shape[0] == 32 and m.in_channels == 32  # the model's layer is untouched
+
+
+def test_a_new_fit_revision_does_not_reuse_the_cached_table(tmp_path, monkeypatch):
+    """Tables are cached by settings that include the fit's revision: when a fit's algorithm changes
+    (its revision is bumped), the old table is not loaded, while the timed points are reused."""
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    kw = dict(block=4, samples=2, calibration_plans=0, point_seconds=0.002)
+    first = prof.profile_model(net, [1, 3, 8, 8], **kw)
+    assert prof.profile_model(net, [1, 3, 8, 8], **kw).meta["cache"]["hit"] is True
+    monkeypatch.setitem(prof.FIT_REVISIONS, "parts", "parts/next")
+    again = prof.profile_model(net, [1, 3, 8, 8], **kw)
+    assert again.meta["cache"]["hit"] is False and again.meta["points_timed"] == 0
+    assert again.meta["cache"]["path"] != first.meta["cache"]["path"]
