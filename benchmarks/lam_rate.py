@@ -1,15 +1,19 @@
-"""Lambda's dual-ascent rate on a short run: the fixed 0.05 against `--lam-rate auto`.
+"""Lambda's dual-ascent rate on a short run, with the gate logits bounded or not.
+
+`--lam-rate`: the fixed 0.05 against `auto`. `--logit-bound`: 0 (unbounded, the default) against a
+bound on the logit gap (`--bounds 0,10`). Unbounded, Adam's unit steps carry a
+polarized gate's gap past 20, where its gradient vanishes: a larger lambda then moves nothing.
 
 The latency grid's plans (benchmarks/latency_budget.py) learn for one epoch at 64 px: about 200
 steps. With the fixed rate lambda rises by about 1.5% a step at 30% over the target, so a plan can
 end its learning with every gate polarized and its cost still well above the target, and the
 projection then does the budget's work. This learns the grid's cp-latency plan (same baseline, same
 latency table, same command) twice per target, once per rate, plans only, and records where each
-lands: the table's predicted latency ratio at tau after learning and after projection, lambda at
+lands (per rate and bound): the table's predicted latency ratio at tau after learning and after projection, lambda at
 the end, polarization and validation accuracy.
 
     python benchmarks/lam_rate.py [--archs efficientnet_lite0] [--targets 0.5,0.3,0.7]
-                                  [--out runs/bench/latency_budget]
+                                  [--rates 0.05,auto] [--bounds 0] [--out runs/bench/latency_budget]
 
 Needs the grid's baseline and table (made here if missing, as the grid makes them; the table is
 timed, so nothing heavy may run beside its profiling). Rows go to benchmarks/results/lam_rate.jsonl;
@@ -30,6 +34,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="efficientnet_lite0")
     ap.add_argument("--targets", default="0.5,0.3,0.7")
+    ap.add_argument("--rates", default=",".join(RATES))
+    ap.add_argument("--bounds", default="0", help="Logit bounds (`learn --logit-bound`; 0: unbounded).")
     lb.plan_arguments(ap)
     a = ap.parse_args()
     rows = Rows("lam_rate")
@@ -37,17 +43,19 @@ def main():
         base = lb.baseline(arch, a.out, a)
         lut = lb.profile(arch, base, a.out)
         for t in [float(s) for s in a.targets.split(",")]:
-            for rate in RATES:
-                key = f"{arch}/t{t}/{rate}"
+            for rate, bound in [(r, b) for b in a.bounds.split(",") for r in a.rates.split(",")]:
+                bound = f"{float(bound):g}"
+                # rows before the bound existed were unbounded and keyed without it
+                key = f"{arch}/t{t}/{rate}" + ("" if bound == "0" else f"/b{bound}")
                 if key in rows:
                     continue
-                run = a.out / "lam_rate" / f"{arch}_t{t}_{rate}"
+                run = a.out / "lam_rate" / (f"{arch}_t{t}_{rate}" + ("" if bound == "0" else f"_b{bound}"))
                 got = lb.learn(arch, base, run, a, "--budget", "latency", "--lut", str(lut), "--target", str(t),
-                               "--lam-rate", rate)
+                               "--lam-rate", rate, "--logit-bound", bound)
                 hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
                 last = [h for h in hist if "lambda" in h][-1]
                 fr = got["frozen"]
-                rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "rate_used": last["lambda_rate"],
+                rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "logit_bound": float(bound), "rate_used": last["lambda_rate"],
                           "steps": fr.get("steps"), "frozen": fr.get("reason"),
                           "latency_learned": fr.get("cost_ratio_at_tau"),
                           "latency_projected": (got["projected"] or {}).get("to", fr.get("cost_ratio_at_tau")),

@@ -64,6 +64,10 @@ class Gate(nn.Module):
         """Start from an importance score per channel (higher: keep), where the kind can."""
         raise NotImplementedError(f"gate kind {self.kind!r} cannot start from importance scores")
 
+    def bound_(self, limit: float) -> None:
+        """Keep the gate's logits within `limit` of the even odds (after each learning step), so that a
+        polarized gate still has a gradient and can be reopened or closed later. Nothing by default."""
+
     def mask(self, mode: str, *, batch: int = 1, tau: float = 0.5) -> torch.Tensor:
         """The mask in inference mode `mode`: (1, C) for "threshold", (batch, C) for "stochastic"."""
         if mode == "threshold":
@@ -121,6 +125,16 @@ class GumbelGate(Gate):
 
     def config(self) -> dict:
         return {"init": list(self.init), "temperature": self.temperature}
+
+    @torch.no_grad()
+    def bound_(self, limit: float) -> None:
+        """The logit gap w1 - w0 clamped to [-limit, limit] about its midpoint (p unchanged inside).
+        Unbounded, Adam's constant step drives polarized gaps past 20, where sigmoid' < 1e-8: the
+        budget's gradient vanishes and no lambda can move the gate again."""
+        mid = self.logits.mean(1)
+        half = (self.logits[:, 1] - self.logits[:, 0]).clamp(-limit, limit) / 2
+        self.logits[:, 0] = mid - half
+        self.logits[:, 1] = mid + half
 
     @torch.no_grad()
     def init_from_scores_(self, scores: torch.Tensor, *, spread: float = 1.0) -> None:
@@ -322,6 +336,9 @@ class StaticDependentGate(DependentGate):
         z = super().mask_from(x, mode, tau=tau)  # stochastic: `sample_from` draws the static part too
         return z * (self.probs() > tau).to(x.dtype).unsqueeze(0) if mode == "threshold" else z
 
+    def bound_(self, limit: float) -> None:
+        self.static.bound_(limit)
+
 
 class _OpenGate(Gate):
     """The gate of a group that a dependent gate set leaves static and open (a residual stream)."""
@@ -413,6 +430,9 @@ class BlockGate(Gate):
         for c, b in enumerate(self.assign.tolist()):
             out[b].append(c)
         return out
+
+    def bound_(self, limit: float) -> None:
+        self.inner.bound_(limit)
 
     def rank_(self, scores: torch.Tensor) -> None:
         """Blocks of channels ranked by `scores` (higher first); ties by index."""
@@ -552,6 +572,13 @@ class GateSet(nn.Module):
     def units(self) -> list[list[list[int]] | None]:
         """Per group, the channel blocks that move together (None: each channel on its own)."""
         return [g.units() if isinstance(g, BlockGate) else None for g in self.gates]
+
+    def bound_(self, limit: float | None) -> "GateSet":
+        """Every gate's logits within `limit` (`Gate.bound_`); None or 0: unbounded."""
+        if limit:
+            for g in self.gates:
+                g.bound_(float(limit))
+        return self
 
     def rank_blocks_(self, scores: list[torch.Tensor]) -> "GateSet":
         """Form each group's blocks from channels ranked by `scores` (one tensor per group)."""

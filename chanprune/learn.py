@@ -59,8 +59,12 @@ class LearnConfig(TrainConfig):
     lam: float = 5.0  # lambda's floor: the budget term's weight at the start
     # lambda grows (shrinks back to the floor) while the cost ratio is above (below) target, by
     # exp(lam_rate * relative excess) a step; None: scaled to the learning steps (`lambda_rate`)
-    lam_rate: float | None = 0.05
+    lam_rate: float | None = None  # 0.05 before 2026-12-03
     gate_lr: float = 1.0  # Adam on the gate logits, constant: they polarize within a few hundred steps
+    # after each step the Gumbel logits' gap is clamped to +-logit_bound (p within 5e-5 of 0 or 1 at 10),
+    # so a polarized gate keeps a gradient the budget can act on; None: unbounded (the default: on short
+    # runs with lam_rate auto the bound cost accuracy, benchmarks/lam_rate.py)
+    logit_bound: float | None = None
     dependent_gate_lr: float = 0.01  # Adam on a data-dependent gate's network (an MLP, not logits)
     # data-dependent gates: learn them for `max_learn_share` of the budget, then freeze the gate network
     # and fine-tune the weights under its threshold decisions (each input's own) for the rest
@@ -284,6 +288,8 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                         anneal(done)
                     try:
                         logits, loss, stats = train_step(train_net, x, y, objective, opts, scheds, gates)
+                        if learning:
+                            gates.bound_(getattr(config, "logit_bound", None))
                     except TrainingError as e:
                         raise TrainingError(f"at epoch {loop.epoch + 1}, step {loop.step + 1}: {e}") from None
                     loop.step += 1
@@ -342,7 +348,7 @@ def learning_steps(config: LearnConfig, total_steps: int) -> int:
     return max(1, int(total_steps * (config.max_learn_share if config.finetune_epochs is None else 1.0)))
 
 
-LAM_RATE_FLOOR = 0.05  # the fixed default, kept by every run of more than ~370 learning steps under "auto"
+LAM_RATE_FLOOR = 0.05  # the fixed rate (the default before 2026-12-03), kept by every run of more than ~370 learning steps under "auto"
 LAM_RISE, LAM_EXCESS = 100.0, 0.25
 
 

@@ -130,6 +130,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                    "with static gates: whole blocks removed).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True, help="Weights' learning rate (SGD).")
 @click.option("--gate-lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Gate logits' learning rate (Adam).")
+@click.option("--logit-bound", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Clamp each Gumbel gate's logit gap to +-B after every step (10: p within 5e-5 of 0 or 1), so "
+                   "that a polarized gate keeps a gradient and the budget can still move it. 0: unbounded.")
 @click.option("--dependent-gate-lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Learning rate (Adam) of a data-dependent gate's network (--gate dependent, static+dependent).")
 @click.option("--dependent-finetune", is_flag=True,
@@ -137,9 +140,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                    "network and train the weights under its threshold decisions (each input's own) for the rest.")
 @click.option("--lam", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Initial weight of the budget term; it rises while the FLOPs stay above target.")
-@click.option("--lam-rate", default="0.05", show_default=True, metavar="auto|RATE",
+@click.option("--lam-rate", default="auto", show_default=True, metavar="auto|RATE",
               help="How fast lambda rises above target: x exp(RATE * relative excess) a step. auto: fast enough to "
-                   "grow 100-fold over the learning steps at 25% above target (never below 0.05), for short runs.")
+                   "grow 100-fold over the learning steps at 25% above target (never below 0.05: only short runs differ from 0.05).")
 @click.option("--tau", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Freeze threshold.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
               help="Learn for --epochs, then fine-tune for this many. Default: --epochs is the whole budget; the "
@@ -173,7 +176,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, dependent_gate_lr, dependent_finetune, lam, lam_rate, tau, finetune_epochs, finetune_lr,
+          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, logit_bound, dependent_gate_lr, dependent_finetune, lam, lam_rate, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
           project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -188,7 +191,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         raise BadInput(f"--block {block!r}: give auto or a positive integer")
     rate = _auto_or_positive(lam_rate, "--lam-rate")
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
-    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, dependent_gate_lr=dependent_gate_lr, dependent_finetune=dependent_finetune, lam=lam, lam_rate=rate, seed=seed, target=target,
+    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, logit_bound=logit_bound or None, dependent_gate_lr=dependent_gate_lr, dependent_finetune=dependent_finetune, lam=lam, lam_rate=rate, seed=seed, target=target,
                       budget=budget, gate=gate, granularity=granularity, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,

@@ -205,3 +205,33 @@ def test_in_channels_default_to_what_the_stem_takes(tmp_path):
     ckpt = torch.load(tmp_path / "gray" / "model.pt", weights_only=True)
     assert ckpt["build_kwargs"]["in_channels"] == 1 and ckpt["input_shape"][1] == 1
     assert res["kept_channels"] <= res["gated_channels"]
+
+
+@pytest.mark.parametrize("bound", [None, 6.0])
+def test_the_budget_moves_saturated_gates_only_when_bounded(bound):
+    """Gates driven far past polarization (gap 30, as Adam's unit steps leave them) and a budget below
+    what they keep: unbounded, the gradient has vanished and the cost stays put; bounded (what `fit`
+    does after every step) the budget closes gates until the cost is near the target."""
+    torch.manual_seed(0)
+    model = nets.Residual().train()
+    x = torch.randn(8, 3, 16, 16)
+    graph = find_groups(model, x)
+    cost = make_cost("channels", model, x, graph)
+    gates = attach_gates(model, graph)
+    with torch.no_grad():
+        for g in gates.gates:
+            g.logits.copy_(torch.tensor([0.0, 30.0]).expand_as(g.logits))
+    opt = torch.optim.Adam(gates.parameters(), lr=1.0)
+    for _ in range(60):
+        gates.bound_(bound)
+        model(x)
+        loss, rate = budget_loss(cost, gates.current(), 0.4)
+        opt.zero_grad()
+        (100.0 * loss).backward()
+        opt.step()
+    gates.bound_(bound)
+    at_tau = float(torch.as_tensor(cost.ratio_of(gates.threshold_masks(0.5))).mean())
+    if bound is None:
+        assert at_tau == 1.0
+    else:
+        assert abs(at_tau - 0.4) < 0.15

@@ -1,6 +1,7 @@
 """The learning recipe: fine-tuning on the slim model and writing it back, freezing when ready,
 distillation, the schedules and the gate initialisation."""
 import json
+import math
 
 import pytest
 import torch
@@ -130,7 +131,9 @@ def test_epochs_are_the_whole_budget_freeze_when_ready_then_slim_finetune(base, 
     if fr["reason"] == "ready":
         assert abs(fr["cost_ratio_at_tau"] - 0.5) <= 0.02
     assert fr["steps"] + fr["finetune_steps"] == budget == sum(r["steps"] for r in rows)
-    assert [r["lambda_rate"] for r in rows if "lambda" in r] == [0.05] * sum("lambda" in r for r in rows)
+    # --lam-rate auto by default: lambda may grow 100-fold over the 84 learning steps at 25% over target
+    rate = math.log(100) / (0.25 * (budget // 2))
+    assert [r["lambda_rate"] for r in rows if "lambda" in r] == [pytest.approx(rate)] * sum("lambda" in r for r in rows)
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["frozen"] == fr and ckpt["learn_config"]["distill"] is True  # on by default with --weights
     exported = json.loads(run("export", out, "--no-onnx", "--json").stdout)
@@ -206,7 +209,8 @@ def test_lambda_rate_auto_grows_lambda_a_hundredfold_over_the_learning_steps_25_
     rise = obj.lam / 5.0
     assert obj.rate == max(LAM_RATE_FLOOR, obj.rate)
     assert rise == pytest.approx(100.0, rel=1e-6) if obj.rate > LAM_RATE_FLOOR else rise > 100.0
-    assert lambda_rate(LearnConfig(), steps) == LAM_RATE_FLOOR  # the default is today's fixed rate
+    assert lambda_rate(LearnConfig(), steps) == obj.rate  # auto is the default (since 2026-12-03)
+    assert lambda_rate(LearnConfig(lam_rate=0.05), steps) == LAM_RATE_FLOOR
     fixed = LearnConfig(lam_rate=None, finetune_epochs=0)  # a plan-only run learns for every step
     assert lambda_rate(fixed, steps) == max(LAM_RATE_FLOOR, lambda_rate(cfg, 2 * steps))
 
