@@ -1,15 +1,15 @@
 """Lambda's dual-ascent rate on a short run, with the gate logits bounded or not.
 
-`--lam-rate`: the fixed 0.05 against `auto`. `--logit-bound`: 0 (unbounded, the default) against a
-bound on the logit gap (`--bounds 0,10`). Unbounded, Adam's unit steps carry a
+`--lam-rate`: the fixed 0.05 against `auto` (the default). `--logit-bound`: 0 (unbounded, the
+default) against a bound on the logit gap (`--bounds 0,10`). Unbounded, Adam's unit steps carry a
 polarized gate's gap past 20, where its gradient vanishes: a larger lambda then moves nothing.
 
 The latency grid's plans (benchmarks/latency_budget.py) learn for one epoch at 64 px: about 200
 steps. With the fixed rate lambda rises by about 1.5% a step at 30% over the target, so a plan can
 end its learning with every gate polarized and its cost still well above the target, and the
 projection then does the budget's work. This learns the grid's cp-latency plan (same baseline, same
-latency table, same command) twice per target, once per rate, plans only, and records where each
-lands (per rate and bound): the table's predicted latency ratio at tau after learning and after projection, lambda at
+latency table, same command) once per target, rate and bound, plans only, and records where each
+lands: the table's predicted latency ratio at tau after learning and after projection, lambda at
 the end, polarization and validation accuracy.
 
     python benchmarks/lam_rate.py [--archs efficientnet_lite0] [--targets 0.5,0.3,0.7]
@@ -46,16 +46,18 @@ def main():
             for rate, bound in [(r, b) for b in a.bounds.split(",") for r in a.rates.split(",")]:
                 bound = f"{float(bound):g}"
                 # rows before the bound existed were unbounded and keyed without it
-                key = f"{arch}/t{t}/{rate}" + ("" if bound == "0" else f"/b{bound}")
+                tag = "" if bound == "0" else f"b{bound}"
+                key = "/".join(filter(None, [arch, f"t{t}", rate, tag]))
                 if key in rows:
                     continue
-                run = a.out / "lam_rate" / (f"{arch}_t{t}_{rate}" + ("" if bound == "0" else f"_b{bound}"))
+                run = a.out / "lam_rate" / "_".join(filter(None, [arch, f"t{t}", rate, tag]))
                 got = lb.learn(arch, base, run, a, "--budget", "latency", "--lut", str(lut), "--target", str(t),
                                "--lam-rate", rate, "--logit-bound", bound)
                 hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
                 last = [h for h in hist if "lambda" in h][-1]
                 fr = got["frozen"]
-                rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "logit_bound": float(bound), "rate_used": last["lambda_rate"],
+                rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "logit_bound": float(bound),
+                          "rate_used": last["lambda_rate"],
                           "steps": fr.get("steps"), "frozen": fr.get("reason"),
                           "latency_learned": fr.get("cost_ratio_at_tau"),
                           "latency_projected": (got["projected"] or {}).get("to", fr.get("cost_ratio_at_tau")),

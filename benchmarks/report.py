@@ -425,7 +425,7 @@ def lam_rate_section() -> list[str]:
     out = ["#### Lambda's rate and the logit bound on a short run", "",
            ("`python benchmarks/lam_rate.py --archs A --targets T --bounds 0,10` (rows: "
             "`benchmarks/results/lam_rate.jsonl`): the grid's cp-latency plan (same baseline, table and command, one "
-            "epoch at 64 px, plans only) learned with `--lam-rate 0.05` (the default) and `--lam-rate auto`, with the "
+            "epoch at 64 px, plans only) learned with `--lam-rate 0.05` and `--lam-rate auto` (the default since 2026-12-03), with the "
             "gates' logit gap unbounded (`--logit-bound 0`, the default) or bounded (`--logit-bound 10`). "
             "Learned: the table's predicted latency ratio at tau when learning ended; it must be within 0.05 of the "
             "target. Projected: after the projection (within 0.02). Polarized: the share of gates below 0.05 or "

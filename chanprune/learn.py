@@ -348,7 +348,8 @@ def learning_steps(config: LearnConfig, total_steps: int) -> int:
     return max(1, int(total_steps * (config.max_learn_share if config.finetune_epochs is None else 1.0)))
 
 
-LAM_RATE_FLOOR = 0.05  # the fixed rate (the default before 2026-12-03), kept by every run of more than ~370 learning steps under "auto"
+# the fixed rate (the default before 2026-12-03), kept by every run of more than ~370 learning steps under "auto"
+LAM_RATE_FLOOR = 0.05
 LAM_RISE, LAM_EXCESS = 100.0, 0.25
 
 
