@@ -71,9 +71,12 @@ def learn(arch: str, base: Path, run: Path, a, *extra: str) -> dict:
     import torch
 
     ckpt = torch.load(run / "model.pt", weights_only=True)
+    hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [h["lambda_rate"] for h in hist if "lambda_rate" in h]
     return {"command": "chanprune " + " ".join(args + ["--out", str(run)]), "seconds": round(time.perf_counter() - t0, 1),
             "result": ckpt.get("result") or {}, "frozen": ckpt.get("frozen") or {},
-            "projected": (ckpt.get("plan") or {}).get("meta", {}).get("projected")}
+            "projected": (ckpt.get("plan") or {}).get("meta", {}).get("projected"),
+            "lam_rate": rates[-1] if rates else None}
 
 
 def tp_model(base_pt: Path, ratio: float, out: Path) -> dict:
@@ -210,7 +213,7 @@ def main():
             if key not in rows:
                 rows.add({"key": key, "kind": "plan", "arch": arch, "target": t, "block": block, "learn": LEARN,
                           "limit": a.limit, "epochs": a.epochs,
-                          "latency_learned": ours["frozen"].get("cost_ratio_at_tau"),
+                          "lam_rate": ours["lam_rate"], "latency_learned": ours["frozen"].get("cost_ratio_at_tau"),
                           "latency_projected": (ours["projected"] or {}).get("to", ours["frozen"].get("cost_ratio_at_tau")),
                           "val_accuracy": ours["result"].get("val_accuracy"),
                           "flops_ratio_224": ours_x["flops_ratio"], "aligned": ours_x["aligned"],
@@ -219,6 +222,7 @@ def main():
                           "flops_val_accuracy": fl["result"].get("val_accuracy"),
                           "seconds": {"latency": ours["seconds"], "latency_b1": unal["seconds"], "flops": fl["seconds"]},
                           "profile": {"seconds": table["meta"].get("seconds"), "points": table["meta"].get("points"),
+                                      "points_reused": table["meta"].get("points_reused"),
                                       "unique_layers": table["meta"].get("unique_layers"),
                                       "calibration": {b: {"max_abs_rel_error": c["error"]["max_abs_rel_error"],
                                                           "holdout_rel_error": c["holdout"]["rel_error"]}

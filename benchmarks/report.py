@@ -97,7 +97,10 @@ def latency_budget_section() -> list[str]:
             "Torch-Pruning MetaPruner (magnitude, uniform, round_to=16) at cp-latency's FLOPs / at its measured batch-1 "
             "latency (bisection on measured latency). Speedup: median per-round dense/slim ratio, interleaved in one "
             "process; predicted: from the table. Efficiency = speedup x FLOPs ratio. Bold: efficiency >= 1.0. "
-            f"Machine: {machines(lat)}."), "",
+            f"Machine: {machines(lat)}." + (
+                " Rows replaced by a later run of the same arch and target (learned again with the default "
+                "`--lam-rate auto`) are kept in `benchmarks/results/latency_budget_2026-12-01.jsonl`."
+                if load("latency_budget_2026-12-01") else "")), "",
            "| arch | target | method | FLOPs | b1 speedup (pred.) | b1 eff. | b32 speedup (pred.) | b32 eff. |",
            "|---|---|---|---|---|---|---|---|"]
 
@@ -146,9 +149,11 @@ def latency_budget_section() -> list[str]:
                 out.append(f"| {arch} | {t} | {b} | {r0:.3f} | {ours['flops_ratio']:.3f} | {f:.3f} | "
                            f"{ours['flops_ratio'] / r0:.2f} / {f / r0:.2f} |")
     out += ["", "Latency fidelity of cp-latency: the target, the table's prediction after learning (at tau) and after "
-            "projection, and the measured ratio (mean of batch 1 and 32, interleaved):", "",
-            "| arch | target | learned | projected | measured b1 | measured b32 | measured mean | off by | aligned |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "projection, and the measured ratio (mean of batch 1 and 32, interleaved). Lambda's rate: the budget's "
+            "dual-ascent rate per step: 0.05, the fixed rate that was the default when the row was learned, or the "
+            "rate the default `--lam-rate auto` chose for the run's learning steps:", "",
+            "| arch | target | lambda's rate | learned | projected | measured b1 | measured b32 | measured mean | off by "
+            "| aligned |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (arch, t), p in plans.items():
         m1, m32 = cell.get((arch, t, "cp-latency", 1)), cell.get((arch, t, "cp-latency", 32))
         if not (m1 and m32):
@@ -156,7 +161,8 @@ def latency_budget_section() -> list[str]:
         r1, r32 = 1 / m1["speedup"], 1 / m32["speedup"]
         mean = (r1 + r32) / 2
         f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        out.append(f"| {arch} | {t} | {f(p.get('latency_learned'))} | {f(p.get('latency_projected'))} | "
+        rate = f"auto ({p['lam_rate']:.3f})" if p.get("lam_rate") is not None else "0.05"
+        out.append(f"| {arch} | {t} | {rate} | {f(p.get('latency_learned'))} | {f(p.get('latency_projected'))} | "
                    f"{r1:.3f} | {r32:.3f} | {mean:.3f} | {mean - t:+.3f} | "
                    f"{'yes' if p.get('aligned') else 'no'} |")
     prof = {}
@@ -172,7 +178,8 @@ def latency_budget_section() -> list[str]:
             cal = pr.get("calibration") or {}
             c = lambda b: ("-" if b not in cal else  # noqa: E731
                            f"{100 * cal[b]['max_abs_rel_error']:.1f}% / {100 * cal[b]['holdout_rel_error']:+.1f}%")
-            out.append(f"| {arch} | {pr['seconds']:.0f} | {pr.get('unique_layers')} | {pr.get('points')} | "
+            reused = f" ({pr['points_reused']} points from the cache: calibration only)" if pr.get("points_reused") else ""
+            out.append(f"| {arch} | {pr['seconds']:.0f}{reused} | {pr.get('unique_layers')} | {pr.get('points')} | "
                        f"{c('1')} | {c('32')} |")
     return out + [""]
 

@@ -106,6 +106,28 @@ def test_accuracy_table_measures_each_run_from_its_own_baseline(monkeypatch):
     assert "| r56 | 0.25 | tp-fpgm+cp | 0.200 | 50.00 | 83.00 ± 4.24 | -5.00 | +1.00 (wins 1/1) |" in text
 
 
+def test_latency_fidelity_names_lambdas_rate_and_where_replaced_rows_went(monkeypatch):
+    """A plan row that records the rate `--lam-rate auto` chose shows it; one without (learned when 0.05
+    was the default) shows 0.05; rows archived by a relearn are pointed to."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    lat = lambda arch, b, speedup: {"key": f"lat/{arch}/t0.5/cp-latency/b{b}", "kind": "latency", "arch": arch,  # noqa: E731
+                                    "target": 0.5, "method": "cp-latency", "batch": b, "flops_ratio": 0.4,
+                                    "speedup": speedup, "efficiency": 0.4 * speedup}
+    plan = lambda arch, **kw: {"key": f"plan/{arch}/t0.5", "kind": "plan", "arch": arch, "target": 0.5,  # noqa: E731
+                               "latency_learned": 0.56, "latency_projected": 0.5, "aligned": True, **kw}
+    rows = {"latency_budget": [plan("old"), lat("old", 1, 2.0), lat("old", 32, 2.5),
+                               plan("new", lam_rate=0.1023), lat("new", 1, 2.0), lat("new", 32, 2.5)],
+            "latency_budget_2026-12-01": [plan("new")]}
+    monkeypatch.setattr(report, "load", lambda name: rows.get(name, []))
+    text = "\n".join(report.latency_budget_section())
+    assert "| old | 0.5 | 0.05 | 0.560 | 0.500 | 0.500 | 0.400 | 0.450 | -0.050 | yes |" in text
+    assert "| new | 0.5 | auto (0.102) | 0.560 | 0.500 |" in text
+    assert "kept in `benchmarks/results/latency_budget_2026-12-01.jsonl`" in text
+    del rows["latency_budget_2026-12-01"]
+    assert "latency_budget_2026-12-01" not in "\n".join(report.latency_budget_section())
+
+
 def test_a_replaced_baseline_gets_its_own_row_and_its_runs_name_it(monkeypatch, tmp_path):
     """The main suite measures a baseline once; when the file holds other weights later (retrained),
     it writes a second row for them and returns its key, which the runs then carry."""
