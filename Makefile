@@ -51,6 +51,7 @@ bench: venv data
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/why.py
 	$(PY) benchmarks/latency_budget.py
+	$(PY) benchmarks/repredict.py
 	$(PY) benchmarks/lam_rate.py
 	$(PY) benchmarks/profile_timing.py
 	$(PY) benchmarks/conditional.py

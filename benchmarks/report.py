@@ -184,6 +184,34 @@ def latency_budget_section() -> list[str]:
     return out + [""]
 
 
+def repredict_section() -> list[str]:
+    rows = load("repredict")
+    if not rows:
+        return []
+    t0 = rows[0]["tables"]
+    out = [("Cached points against a fresh profile (`python benchmarks/repredict.py --arch A`, rows: "
+            "`benchmarks/results/repredict.jsonl`): the grid's plans of one arch predicted by its table (built "
+            f"{t0['cached']['created'][:10]} from {t0['cached']['points_reused']} points reused from the point cache, only "
+            f"the calibration timed that day) and by the same profile with `--no-cache` ({t0['fresh']['points_timed']} "
+            f"points timed, {t0['fresh']['created'][:10]}), against the speedup the grid measured. Error: predicted over "
+            "measured, minus 1."), "",
+           "| arch | target | method | batch | measured | cached table | error | fresh table | error |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for b in ("1", "32"):
+            m, c, f = r["measured"][b], r["predicted_cached"][b], r["predicted_fresh"][b]
+            out.append(f"| {r['arch']} | {r['target']} | {r['method']} | {b} | {m:.2f}x | {c:.2f}x | "
+                       f"{100 * (c / m - 1):+.1f}% | {f:.2f}x | {100 * (f / m - 1):+.1f}% |")
+    out.append("")
+    for b in ("1", "32"):
+        for name in ("cached", "fresh"):
+            e = [abs(r[f"predicted_{name}"][b] / r["measured"][b] - 1) for r in rows]
+            ours = [abs(r[f"predicted_{name}"][b] / r["measured"][b] - 1) for r in rows if r["method"] == "cp-latency"]
+            out.append(f"- Batch {b}, {name} table: mean absolute error {100 * statistics.fmean(e):.1f}% over all plans, "
+                       f"{100 * statistics.fmean(ours):.1f}% on cp-latency's.")
+    return out + [""]
+
+
 def why_section() -> list[str]:
     rows = load("why")
     if not rows:
@@ -820,7 +848,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():
