@@ -21,8 +21,12 @@ are timed at the multiples of lcm(block, groups), plus the full width.
 Deduplication and caching. Layers with one signature (kind, kernel, stride, padding, dilation,
 groups, input size, widths) share their points; every (signature, kept in, kept out, batch) is
 timed once per profile, and, unless `cache=False`, kept in a per-machine point cache for the next
-profile. A whole table is cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed
-by the architecture (name and structure, not weight values: latency does not depend on them),
+profile. Cached points are reused only while the machine still runs them at the speed they were
+timed at: the first distinct layer is timed again, and when its points' median moved by more than
+`STALE_POINTS` (relative) the cached points are dropped and every point is timed anew (a table that
+mixed two speeds of the machine, its points from one day and its calibration from another,
+mis-predicted the learned plans it steered by 8-15%: benchmarks/repredict.py). A whole table is
+cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed by the architecture (name and structure, not weight values: latency does not depend on them),
 input shape, backend, threads, batch sizes, block, sampling, calibration and the machine.
 
 Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
@@ -83,6 +87,9 @@ FITS = ("parts", "scale")
 # Each fit's revision, part of a cached table's key: a table made by an earlier algorithm under the same
 # fit name is profiled again, not reused. Bump a fit's revision when its algorithm changes.
 FIT_REVISIONS = {"parts": "parts/nnls-relative", "scale": "offset>=0"}
+# How far (relative) the re-timed first layer's median may move before the cached points are dropped;
+# None: reuse them unchecked
+STALE_POINTS = 0.15
 
 Progress = Callable[[str, dict], None]
 
@@ -255,6 +262,20 @@ class _Points:
     def put(self, key: str, ms: float) -> None:
         self.ms[key] = ms
         self.timed += 1
+
+    def recheck(self, probe: "_Points", limit: float) -> dict | None:
+        """Take `probe`'s freshly timed points; compared with the stored ones they replace, drop every
+        stored point when their median ratio moved by more than `limit`. None when nothing compared."""
+        common = [k for k in probe.ms if k in self.stored and self.stored[k] > 0]
+        self.ms.update(probe.ms)
+        self.timed += probe.timed
+        if not common:
+            return None
+        ratio = float(np.median([probe.ms[k] / self.stored[k] for k in common]))
+        dropped = abs(ratio - 1) > limit
+        if dropped:
+            self.stored = {}
+        return {"points": len(common), "ratio": ratio, "dropped": dropped}
 
     def save(self, *, force: bool = False) -> None:
         if self.path is None or not self.timed or (not force and time.monotonic() - self._saved < 10):
@@ -666,8 +687,9 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         fit: how the whole models' times calibrate the table: "parts" (the default: intercepts,
             linear terms and products of each layer's grid weighted apart) or "scale" (one scale and
             an offset over the layers' sum). See the module's docstring.
-        progress: `progress(stage, info)` with stage "graph", "layer", "calibrate", "calibrated"
-            or "cached".
+        progress: `progress(stage, info)` with stage "graph", "recheck" (cached points re-timed: how
+            many, their median ratio, whether the cache was dropped), "layer", "calibrate",
+            "calibrated" or "cached".
 
     Returns:
         The table; `meta["cache"]` says whether it came from the cache ("hit") and where it is kept.
@@ -726,8 +748,17 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             progress("graph", {"layers": len(layers), "unique": len(unique),
                                "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
         tables: dict[tuple, dict] = {}
+        recheck = None
         with tempfile.TemporaryDirectory(prefix="chanprune-profile-") as tmpdir:
             tmp = Path(tmpdir)
+            if points.stored and STALE_POINTS is not None:  # does this machine still run at the cached points' speed?
+                key = next(iter(unique))
+                probe = _Points(None)
+                _time_layer(unique[key][0], *grids[key], sizes, backend=backend, threads=threads, points=probe,
+                            budget_s=point_seconds, tmp=tmp, timing=timing)
+                recheck = points.recheck(probe, STALE_POINTS)
+                if progress and recheck:
+                    progress("recheck", recheck)
             for i, (key, lays) in enumerate(unique.items()):
                 t0, timed0 = time.perf_counter(), points.timed
                 gi, go = grids[key]
@@ -764,6 +795,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             "seconds": time.perf_counter() - t_start, "calibration_seconds": time.perf_counter() - t_cal,
             "layers": len(layer_tables), "unique_layers": len(unique), "points": n_points,
             "points_timed": points.timed, "points_reused": points.reused,
+            **({"points_recheck": recheck} if recheck else {}),
             "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
                          + ": Conv/Linear of the kept shape with bias, no activation"),
             "timing": timing, "in_context": in_context, "fit": fit,

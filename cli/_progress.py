@@ -28,6 +28,9 @@ class Reporter:
             click.echo(f"warning: {row['message']}", err=True)
         elif kind == "graph":  # --lut auto: the profiler's stages
             click.echo(f"profiling (--lut auto): {row['layers']} gated layers, {row['points']} points", err=True)
+        elif kind == "recheck" and row["dropped"]:
+            click.echo(f"profiling: cached points re-timed at {row['ratio']:.2f}x their cached time; timing every "
+                       "point anew", err=True)
         elif kind == "calibrate":
             click.echo(f"profiling: calibrating batch {row['batch']} against {row['models']} whole models", err=True)
         elif kind == "cached":

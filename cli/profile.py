@@ -64,6 +64,10 @@ class _Lines:
                        f"{'/' + str(stride) if stride > 1 else ''} {info['channels_in']}->{info['channels_out']} at "
                        f"{'x'.join(map(str, a.get('input_size', []))) or '-'}, {info['points']} points "
                        f"({info['timed']} timed) {info['seconds']:.1f}s", err=True)
+        elif stage == "recheck":
+            verdict = "dropped, timing every point anew" if info["dropped"] else "reused"
+            click.echo(f"cached points: {info['points']} re-timed at {info['ratio']:.2f}x their cached time; "
+                       f"the cache is {verdict}", err=True)
         elif stage == "calibrate":
             self.close()
             click.echo(f"calibrating batch {info['batch']} against {info['models']} whole models", err=True)

@@ -76,6 +76,13 @@ def _profile(**kw) -> LatencyTable:
     return prof.profile_model(Mixed(), SHAPE, **args)
 
 
+@pytest.fixture(autouse=True)
+def _unchecked_points(monkeypatch):
+    """Reuse cached points unchecked: these tests time at 5 ms a point, where re-timing one layer moves
+    by more than the staleness limit; `test_cached_points_are_dropped_when_the_machine_moved` checks it."""
+    monkeypatch.setattr(prof, "STALE_POINTS", None)
+
+
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
     """One profile of `Mixed` in a fresh cache, then the same call again, and timers counted."""
@@ -91,6 +98,7 @@ def profiled(tmp_path_factory):
         cached = _profile()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHANPRUNE_CACHE", str(cache))
+        mp.setattr(prof, "STALE_POINTS", None)  # module-scoped: the autouse fixture does not reach it
         recal = Counter(mp)
         recalibrated = _profile(calibration_plans=1)
     return {"table": table, "first": first, "events": events, "cached": cached, "again": again,
@@ -574,6 +582,34 @@ def test_layer_build_keeps_a_conv_subclass_and_its_forward(kind, groups):
     assert type(one) is _SamePadConv and one.weight.shape == (16, 16 // (16 if kind == "dw" else 1), 3, 3)
     assert one(torch.zeros(lay.input_shape(16, 1))).shape == (1, 16, 8, 8)  # the padding came along
     assert m.weight.shape[0] == 32 and m.in_channels == 32  # the model's layer is untouched
+
+
+def test_cached_points_are_dropped_when_the_machine_moved(tmp_path, monkeypatch):
+    """A profile re-times its first layer before reusing cached points: at the cached speed the rest
+    is reused; at twice the time (another machine state) every point is timed anew."""
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(prof, "STALE_POINTS", 0.15)
+    speed = {"ms": 1.0}
+    monkeypatch.setattr(prof, "_time_runner", lambda run, budget_s: speed["ms"])
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    kw = dict(block=4, samples=2, point_seconds=0.002, cache=True)
+    first = prof.profile_model(net, [1, 3, 10, 10], calibration_plans=0, **kw)
+    total = first.meta["points"]
+    assert first.meta["points_timed"] == total and "points_recheck" not in first.meta
+    events = []
+    same = prof.profile_model(net, [1, 3, 10, 10], calibration_plans=1, progress=lambda s, i: events.append((s, i)), **kw)
+    check = same.meta["points_recheck"]
+    assert check["ratio"] == 1.0 and not check["dropped"] and 0 < check["points"] < total
+    assert same.meta["points_timed"] == check["points"] and same.meta["points_reused"] == total - check["points"]
+    assert ("recheck", check) in events
+    speed["ms"] = 2.0
+    moved = prof.profile_model(net, [1, 3, 10, 10], calibration_plans=2, **kw)
+    assert moved.meta["points_recheck"]["ratio"] == 2.0 and moved.meta["points_recheck"]["dropped"]
+    assert moved.meta["points_timed"] == total and moved.meta["points_reused"] == 0
+    monkeypatch.setattr(prof, "STALE_POINTS", None)  # off: reused unchecked
+    speed["ms"] = 4.0
+    unchecked = prof.profile_model(net, [1, 3, 10, 10], calibration_plans=3, **kw)
+    assert unchecked.meta["points_timed"] == 0 and "points_recheck" not in unchecked.meta
 
 
 def test_a_new_fit_revision_does_not_reuse_the_cached_table(tmp_path, monkeypatch):
