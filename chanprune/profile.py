@@ -26,8 +26,9 @@ timed at: the first distinct layer is timed again, and when its points' median m
 `STALE_POINTS` (relative) the cached points are dropped and every point is timed anew (a table that
 mixed two speeds of the machine, its points from one day and its calibration from another,
 mis-predicted the learned plans it steered by 8-15%: benchmarks/repredict.py). A whole table is
-cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed by the architecture (name and structure, not weight values: latency does not depend on them),
-input shape, backend, threads, batch sizes, block, sampling, calibration and the machine.
+cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed by the architecture (name
+and structure, not weight values: latency does not depend on them), input shape, backend, threads,
+batch sizes, block, sampling, calibration and the machine.
 
 Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
 block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
