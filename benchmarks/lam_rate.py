@@ -53,9 +53,7 @@ def main():
                 run = a.out / "lam_rate" / "_".join(filter(None, [arch, f"t{t}", rate, tag]))
                 got = lb.learn(arch, base, run, a, "--budget", "latency", "--lut", str(lut), "--target", str(t),
                                "--lam-rate", rate, "--logit-bound", bound)
-                hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-                last = [h for h in hist if "lambda" in h][-1]
-                fr = got["frozen"]
+                last, fr = got["learning"], got["frozen"]
                 rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "logit_bound": float(bound),
                           "rate_used": last["lambda_rate"],
                           "steps": fr.get("steps"), "frozen": fr.get("reason"),

@@ -52,11 +52,12 @@ def baseline(arch: str, out: Path, a) -> Path:
     return run / "model.pt"
 
 
-def profile(arch: str, base: Path, out: Path) -> Path:
-    lut = out / f"{arch}_lut.json"
+def profile(arch: str, base: Path, out: Path, *extra: str, suffix: str = "") -> Path:
+    """The arch's latency table `{arch}_lut{suffix}.json` in `out`, profiled (`extra`: more options) if missing."""
+    lut = out / f"{arch}_lut{suffix}.json"
     if not lut.is_file():
         args = ["profile", "--arch", arch, "--weights", str(base), "--input-shape", ",".join(map(str, DEPLOY)),
-                "--batch-size", ",".join(map(str, BATCHES)), "--threads", "2", "--out", str(lut)]
+                "--batch-size", ",".join(map(str, BATCHES)), "--threads", "2", *extra, "--out", str(lut)]
         print("+ chanprune", " ".join(args), flush=True)
         subprocess.run(CLI + args, check=True)
     return lut
@@ -72,11 +73,11 @@ def learn(arch: str, base: Path, run: Path, a, *extra: str) -> dict:
 
     ckpt = torch.load(run / "model.pt", weights_only=True)
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    rates = [h["lambda_rate"] for h in hist if "lambda_rate" in h]
+    learning = [h for h in hist if "lambda" in h]  # the epochs that learned gates: lambda, its rate, polarization
     return {"command": "chanprune " + " ".join(args + ["--out", str(run)]), "seconds": round(time.perf_counter() - t0, 1),
             "result": ckpt.get("result") or {}, "frozen": ckpt.get("frozen") or {},
             "projected": (ckpt.get("plan") or {}).get("meta", {}).get("projected"),
-            "lam_rate": rates[-1] if rates else None}
+            "learning": learning[-1] if learning else {}}
 
 
 def tp_model(base_pt: Path, ratio: float, out: Path) -> dict:
@@ -213,7 +214,7 @@ def main():
             if key not in rows:
                 rows.add({"key": key, "kind": "plan", "arch": arch, "target": t, "block": block, "learn": LEARN,
                           "limit": a.limit, "epochs": a.epochs,
-                          "lam_rate": ours["lam_rate"], "latency_learned": ours["frozen"].get("cost_ratio_at_tau"),
+                          "lam_rate": ours["learning"].get("lambda_rate"), "latency_learned": ours["frozen"].get("cost_ratio_at_tau"),
                           "latency_projected": (ours["projected"] or {}).get("to", ours["frozen"].get("cost_ratio_at_tau")),
                           "val_accuracy": ours["result"].get("val_accuracy"),
                           "flops_ratio_224": ours_x["flops_ratio"], "aligned": ours_x["aligned"],

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
-from _common import CLI, Rows
+import latency_budget as lb
+from _common import Rows
 
-VARIANTS = {"cp-latency": ("latency", 1), "cp-latency-b1-r16": ("latency_b1", 16), "cp-flops-r16": ("flops", 16)}
+# the grid's variants: run folder and the rounding its export used
+VARIANTS = {"cp-latency": ("latency", 1), "cp-latency-b1-r16": ("latency_b1", lb.BLOCK_RT),
+            "cp-flops-r16": ("flops", lb.BLOCK_RT)}
 
 
 def main():
@@ -30,13 +32,9 @@ def main():
     a = ap.parse_args()
     from chanprune.deploy import export_run
 
-    cached, fresh = a.out / f"{a.arch}_lut.json", a.out / f"{a.arch}_lut_fresh.json"
-    if not fresh.is_file():
-        subprocess.run(CLI + ["profile", "--arch", a.arch, "--weights", str(a.out / f"{a.arch}_base" / "model.pt"),
-                              "--input-shape", "1,3,224,224", "--batch-size", "1,32", "--threads", "2", "--no-cache",
-                              "--out", str(fresh)], check=True)
-    grid = [json.loads(line) for line in (Path(__file__).parent / "results" / "latency_budget.jsonl").read_text().splitlines()]
-    measured = {(r["target"], r["method"], r["batch"]): r["speedup"] for r in grid
+    base = a.out / f"{a.arch}_base" / "model.pt"
+    cached, fresh = lb.profile(a.arch, base, a.out), lb.profile(a.arch, base, a.out, "--no-cache", suffix="_fresh")
+    measured = {(r["target"], r["method"], r["batch"]): r["speedup"] for r in Rows("latency_budget").rows.values()
                 if r.get("kind") == "latency" and r["arch"] == a.arch}
     metas = {name: json.loads(p.read_text())["meta"] for name, p in (("cached", cached), ("fresh", fresh))}
     rows = Rows("repredict")
@@ -49,10 +47,10 @@ def main():
             for name, lut in (("cached", cached), ("fresh", fresh)):
                 with tempfile.TemporaryDirectory() as tmp:
                     rep = export_run(a.out / f"{a.arch}_t{t}" / folder / "model.pt", out_dir=tmp, round_to=round_to,
-                                     input_shape=[1, 3, 224, 224], onnx=False, lut=lut)
+                                     input_shape=lb.DEPLOY, onnx=False, lut=lut)
                 pred[name] = rep["predicted_speedup"]["by_batch"]
             row = rows.add({"key": key, "arch": a.arch, "target": t, "method": method,
-                            "measured": {str(b): measured[(t, method, b)] for b in (1, 32)},
+                            "measured": {str(b): measured[(t, method, b)] for b in lb.BATCHES},
                             "predicted_cached": pred["cached"], "predicted_fresh": pred["fresh"],
                             "tables": {n: {"points_timed": m.get("points_timed"), "points_reused": m.get("points_reused"),
                                            "created": m.get("created")} for n, m in metas.items()}})
