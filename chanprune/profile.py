@@ -28,7 +28,9 @@ mixed two speeds of the machine, its points from one day and its calibration fro
 mis-predicted the learned plans it steered by 8-15%: benchmarks/repredict.py). A whole table is
 cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed by the architecture (name
 and structure, not weight values: latency does not depend on them), input shape, backend, threads,
-batch sizes, block, sampling, calibration and the machine.
+batch sizes, block, sampling, calibration and the machine. It keeps its first layer's points as
+timed (`meta["recheck_ms"]`), and is loaded only after they are timed again within `STALE_POINTS`;
+otherwise the model is profiled anew (with the same re-timed points checking the point cache).
 
 Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
 block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
@@ -88,8 +90,8 @@ FITS = ("parts", "scale")
 # Each fit's revision, part of a cached table's key: a table made by an earlier algorithm under the same
 # fit name is profiled again, not reused. Bump a fit's revision when its algorithm changes.
 FIT_REVISIONS = {"parts": "parts/nnls-relative", "scale": "offset>=0"}
-# How far (relative) the re-timed first layer's median may move before the cached points are dropped;
-# None: reuse them unchecked
+# How far (relative) the re-timed first layer's median may move before a cached table or the cached
+# points are dropped; None: reuse them unchecked
 STALE_POINTS = 0.15
 
 Progress = Callable[[str, dict], None]
@@ -233,6 +235,16 @@ def _time_models(runners: dict[str, Callable[[], None]], budget_s: float) -> dic
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def _compare(fresh: dict[str, float], reference: dict[str, float], limit: float) -> dict | None:
+    """How many of the `fresh` points `reference` holds, the median ratio of their times to it, and
+    whether that moved by more than `limit` (relative); None when they share no point."""
+    common = [k for k in fresh if reference.get(k, 0) > 0]
+    if not common:
+        return None
+    ratio = float(np.median([fresh[k] / reference[k] for k in common]))
+    return {"points": len(common), "ratio": ratio, "dropped": abs(ratio - 1) > limit}
+
+
 class _Points:
     """Milliseconds per (signature, kept in, kept out, batch): timed once; kept on disk between
     profiles of one machine, backend and thread count unless the cache is off."""
@@ -267,16 +279,12 @@ class _Points:
     def recheck(self, probe: "_Points", limit: float) -> dict | None:
         """Take `probe`'s freshly timed points; compared with the stored ones they replace, drop every
         stored point when their median ratio moved by more than `limit`. None when nothing compared."""
-        common = [k for k in probe.ms if k in self.stored and self.stored[k] > 0]
+        check = _compare(probe.ms, self.stored, limit)
         self.ms.update(probe.ms)
         self.timed += probe.timed
-        if not common:
-            return None
-        ratio = float(np.median([probe.ms[k] / self.stored[k] for k in common]))
-        dropped = abs(ratio - 1) > limit
-        if dropped:
+        if check and check["dropped"]:
             self.stored = {}
-        return {"points": len(common), "ratio": ratio, "dropped": dropped}
+        return check
 
     def save(self, *, force: bool = False) -> None:
         if self.path is None or not self.timed or (not force and time.monotonic() - self._saved < 10):
@@ -303,13 +311,17 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, backend: str):
     return copy.deepcopy(module).eval()  # make_runner moves it to its device: not the caller's model
 
 
+def _point_key(lay: _Layer, kin: int, kout: int, b: int, timing: str) -> str:
+    sig = lay.signature if timing == "wall" else f"{timing}|{lay.signature}"
+    return f"{sig}|{kin}x{kout}|b{b}"
+
+
 def _time_layer(lay: _Layer, grid_in: list[int], grid_out: list[int], batch_sizes: list[int], *, backend: str,
                 threads: int, points: _Points, budget_s: float, tmp: Path, timing: str) -> dict[str, list[list[float]]]:
     ms = {str(b): [[0.0] * len(grid_out) for _ in grid_in] for b in batch_sizes}
-    sig = lay.signature if timing == "wall" else f"{timing}|{lay.signature}"
     for i, kin in enumerate(grid_in):
         for j, kout in enumerate(grid_out):
-            keys = {b: f"{sig}|{kin}x{kout}|b{b}" for b in batch_sizes}
+            keys = {b: _point_key(lay, kin, kout, b, timing) for b in batch_sizes}
             todo = [b for b in batch_sizes if points.get(keys[b]) is None]
             if todo:
                 module = lay.build(kin, kout)
@@ -688,12 +700,13 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
         fit: how the whole models' times calibrate the table: "parts" (the default: intercepts,
             linear terms and products of each layer's grid weighted apart) or "scale" (one scale and
             an offset over the layers' sum). See the module's docstring.
-        progress: `progress(stage, info)` with stage "graph", "recheck" (cached points re-timed: how
-            many, their median ratio, whether the cache was dropped), "layer", "calibrate",
-            "calibrated" or "cached".
+        progress: `progress(stage, info)` with stage "recheck" (a cached table's or the cached points'
+            first layer re-timed: of "table" or "points", how many points, their median ratio, whether
+            the cached ones were dropped), "cached", "graph", "layer", "calibrate" or "calibrated".
 
     Returns:
-        The table; `meta["cache"]` says whether it came from the cache ("hit") and where it is kept.
+        The table; `meta["cache"]` says whether it came from the cache ("hit") and where it is kept,
+        `meta["recheck"]` how a cached table was checked, `meta["points_recheck"]` the point cache.
     """
     t_start = time.perf_counter()
     sizes = _check_args(input_shape, backend, threads, batch_sizes, block, samples, calibration_plans, point_seconds)
@@ -726,18 +739,6 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
                     **({"in_context": True} if in_context else {})}
         root = cache_root() / "profiles"
         path = root / f"{_sha(settings)}.json"
-        if cache and path.is_file():
-            try:
-                table = LatencyTable.load(path)
-            except ValueError:
-                table = None
-            if table is not None:
-                table.meta["cache"] = {"hit": True, "path": str(path)}
-                if progress:
-                    progress("cached", {"path": str(path), "layers": len(table.layers)})
-                return table
-        point_key = _sha({**_machine_key(machine), "point_seconds": point_seconds, "version": LUT_VERSION})
-        points = _Points(root / "points" / f"{point_key}.json" if cache else None)
         unique: dict[tuple, list[_Layer]] = {}
         grids = {}
         for lay in layers:
@@ -745,19 +746,54 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             key = (lay.signature, tuple(gi), tuple(go), lay.calls)
             unique.setdefault(key, []).append(lay)
             grids[key] = (gi, go)
-        if progress:
-            progress("graph", {"layers": len(layers), "unique": len(unique),
-                               "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
+        first = next(iter(unique))
+        first_keys = [_point_key(unique[first][0], kin, kout, b, timing)
+                      for kin in grids[first][0] for kout in grids[first][1] for b in sizes]
         tables: dict[tuple, dict] = {}
-        recheck = None
+        recheck = probe = None
         with tempfile.TemporaryDirectory(prefix="chanprune-profile-") as tmpdir:
             tmp = Path(tmpdir)
+
+            def time_probe() -> _Points:
+                """The first distinct layer's points timed now: what a cached table or point is checked by."""
+                nonlocal probe
+                if probe is None:
+                    probe = _Points(None)
+                    _time_layer(unique[first][0], *grids[first], sizes, backend=backend, threads=threads, points=probe,
+                                budget_s=point_seconds, tmp=tmp, timing=timing)
+                return probe
+
+            if cache and path.is_file():
+                try:
+                    table = LatencyTable.load(path)
+                except ValueError:
+                    table = None
+                reference = (table.meta.get("recheck_ms") or {}) if table is not None else {}
+                check = None
+                if table is not None and reference and STALE_POINTS is not None:  # still this machine's speed?
+                    check = _compare(time_probe().ms, reference, STALE_POINTS)
+                if check:
+                    check["of"] = "table"
+                    if progress:
+                        progress("recheck", check)
+                    if check["dropped"]:
+                        table = None
+                    else:
+                        table.meta["recheck"] = check
+                if table is not None:
+                    table.meta["cache"] = {"hit": True, "path": str(path)}
+                    if progress:
+                        progress("cached", {"path": str(path), "layers": len(table.layers)})
+                    return table
+            point_key = _sha({**_machine_key(machine), "point_seconds": point_seconds, "version": LUT_VERSION})
+            points = _Points(root / "points" / f"{point_key}.json" if cache else None)
+            if progress:
+                progress("graph", {"layers": len(layers), "unique": len(unique),
+                                   "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
             if points.stored and STALE_POINTS is not None:  # does this machine still run at the cached points' speed?
-                key = next(iter(unique))
-                probe = _Points(None)
-                _time_layer(unique[key][0], *grids[key], sizes, backend=backend, threads=threads, points=probe,
-                            budget_s=point_seconds, tmp=tmp, timing=timing)
-                recheck = points.recheck(probe, STALE_POINTS)
+                recheck = points.recheck(time_probe(), STALE_POINTS)
+                if recheck:
+                    recheck["of"] = "points"
                 if progress and recheck:
                     progress("recheck", recheck)
             for i, (key, lays) in enumerate(unique.items()):
@@ -797,6 +833,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             "layers": len(layer_tables), "unique_layers": len(unique), "points": n_points,
             "points_timed": points.timed, "points_reused": points.reused,
             **({"points_recheck": recheck} if recheck else {}),
+            "recheck_ms": {k: points.ms[k] for k in first_keys if k in points.ms},
             "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
                          + ": Conv/Linear of the kept shape with bias, no activation"),
             "timing": timing, "in_context": in_context, "fit": fit,

@@ -29,8 +29,9 @@ class Reporter:
         elif kind == "graph":  # --lut auto: the profiler's stages
             click.echo(f"profiling (--lut auto): {row['layers']} gated layers, {row['points']} points", err=True)
         elif kind == "recheck" and row["dropped"]:
-            click.echo(f"profiling: cached points re-timed at {row['ratio']:.2f}x their cached time; timing every "
-                       "point anew", err=True)
+            table = row.get("of") == "table"
+            click.echo(f"profiling: the cached {'table' if table else 'points'} re-timed at {row['ratio']:.2f}x their "
+                       "cached time; " + ("profiling anew" if table else "timing every point anew"), err=True)
         elif kind == "calibrate":
             click.echo(f"profiling: calibrating batch {row['batch']} against {row['models']} whole models", err=True)
         elif kind == "cached":

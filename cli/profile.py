@@ -65,9 +65,11 @@ class _Lines:
                        f"{'x'.join(map(str, a.get('input_size', []))) or '-'}, {info['points']} points "
                        f"({info['timed']} timed) {info['seconds']:.1f}s", err=True)
         elif stage == "recheck":
-            verdict = "dropped, timing every point anew" if info["dropped"] else "reused"
-            click.echo(f"cached points: {info['points']} re-timed at {info['ratio']:.2f}x their cached time; "
-                       f"the cache is {verdict}", err=True)
+            table = info.get("of") == "table"
+            verdict = ("the table is dropped, profiling anew" if table else
+                       "the points are dropped, timing every point anew") if info["dropped"] else "reused"
+            click.echo(f"cached {'table' if table else 'points'}: {info['points']} points re-timed at "
+                       f"{info['ratio']:.2f}x their cached time; {verdict}", err=True)
         elif stage == "calibrate":
             self.close()
             click.echo(f"calibrating batch {info['batch']} against {info['models']} whole models", err=True)
@@ -149,6 +151,7 @@ def profile(arch, weights, num_classes, input_shape, backend, threads, batch_siz
          "threads": table.threads, "block": table.block, "batch_sizes": table.batch_sizes, "cached": hit,
          "cache_path": (m.get("cache") or {}).get("path"), "layers": len(table.layers),
          "unique_layers": m.get("unique_layers"), "points": m.get("points"), "points_timed": m.get("points_timed"),
+         "recheck": m.get("recheck") or m.get("points_recheck"),
          "seconds": m.get("seconds"), "timing": m.get("timing"), "in_context": m.get("in_context", False), "machine": table.machine,
          "calibration": {b: {"dense_ms": c["dense_ms"], **_fit_summary(c),  # and the fit not used, same timings
                              "alternative": _fit_summary(c.get("alternative"))} for b, c in table.calibration.items()}}

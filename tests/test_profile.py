@@ -78,8 +78,9 @@ def _profile(**kw) -> LatencyTable:
 
 @pytest.fixture(autouse=True)
 def _unchecked_points(monkeypatch):
-    """Reuse cached points unchecked: these tests time at 5 ms a point, where re-timing one layer moves
-    by more than the staleness limit; `test_cached_points_are_dropped_when_the_machine_moved` checks it."""
+    """Reuse cached tables and points unchecked: these tests time at 5 ms a point, where re-timing one
+    layer moves by more than the staleness limit; `test_cached_points_are_dropped_when_the_machine_moved`
+    and `test_a_cached_table_is_profiled_again_when_the_machine_moved` check it."""
     monkeypatch.setattr(prof, "STALE_POINTS", None)
 
 
@@ -94,11 +95,12 @@ def profiled(tmp_path_factory):
         table = _profile(progress=lambda stage, info: events.append((stage, info)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHANPRUNE_CACHE", str(cache))
+        mp.setattr(prof, "STALE_POINTS", None)  # module-scoped: the autouse fixture does not reach it
         again = Counter(mp)
         cached = _profile()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHANPRUNE_CACHE", str(cache))
-        mp.setattr(prof, "STALE_POINTS", None)  # module-scoped: the autouse fixture does not reach it
+        mp.setattr(prof, "STALE_POINTS", None)
         recal = Counter(mp)
         recalibrated = _profile(calibration_plans=1)
     return {"table": table, "first": first, "events": events, "cached": cached, "again": again,
@@ -610,6 +612,45 @@ def test_cached_points_are_dropped_when_the_machine_moved(tmp_path, monkeypatch)
     speed["ms"] = 4.0
     unchecked = prof.profile_model(net, [1, 3, 10, 10], calibration_plans=3, **kw)
     assert unchecked.meta["points_timed"] == 0 and "points_recheck" not in unchecked.meta
+
+
+def test_a_cached_table_is_profiled_again_when_the_machine_moved(tmp_path, monkeypatch):
+    """A cached table keeps its first layer's points as timed; it is loaded only while they time the
+    same again, and otherwise the model is profiled anew with the same re-timed points checking the
+    point cache (one probe, not two)."""
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(prof, "STALE_POINTS", 0.15)
+    speed = {"ms": 1.0}
+    calls = []
+    monkeypatch.setattr(prof, "_time_runner", lambda run, budget_s: calls.append(1) or speed["ms"])
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    kw = dict(block=4, samples=2, point_seconds=0.002, cache=True, calibration_plans=0)
+    first = prof.profile_model(net, [1, 3, 10, 10], **kw)
+    reference = first.meta["recheck_ms"]
+    assert reference and set(reference.values()) == {1.0} and len(reference) < first.meta["points"]
+    speed["ms"] = 1.1  # within 15%: the table is loaded, after its first layer's points only
+    calls.clear()
+    events = []
+    same = prof.profile_model(net, [1, 3, 10, 10], progress=lambda s, i: events.append((s, i)), **kw)
+    assert same.meta["cache"]["hit"] is True and len(calls) == len(reference)
+    check = same.meta["recheck"]
+    assert check["of"] == "table" and check["points"] == len(reference) and not check["dropped"]
+    assert check["ratio"] == pytest.approx(1.1) and [s for s, _ in events] == ["recheck", "cached"]
+    speed["ms"] = 2.0  # the machine moved: profiled anew, every point timed at the new speed
+    calls.clear()
+    events.clear()
+    moved = prof.profile_model(net, [1, 3, 10, 10], progress=lambda s, i: events.append((s, i)), **kw)
+    assert moved.meta["cache"]["hit"] is False and "recheck" not in moved.meta
+    rechecks = [i for s, i in events if s == "recheck"]
+    assert [r["of"] for r in rechecks] == ["table", "points"] and all(r["dropped"] for r in rechecks)
+    assert [r["ratio"] for r in rechecks] == [2.0, 2.0]
+    assert moved.meta["points_timed"] == moved.meta["points"] == len(calls)  # the probe counted once
+    assert set(moved.meta["recheck_ms"].values()) == {2.0}
+    monkeypatch.setattr(prof, "STALE_POINTS", None)  # off: the cached table loads unchecked
+    speed["ms"] = 4.0
+    calls.clear()
+    unchecked = prof.profile_model(net, [1, 3, 10, 10], **kw)
+    assert unchecked.meta["cache"]["hit"] is True and not calls and "recheck" not in unchecked.meta
 
 
 def test_a_new_fit_revision_does_not_reuse_the_cached_table(tmp_path, monkeypatch):
