@@ -19,18 +19,19 @@ Grouped convs: a kept count must stay divisible by the conv's groups (equal coun
 are timed at the multiples of lcm(block, groups), plus the full width.
 
 Deduplication and caching. Layers with one signature (kind, kernel, stride, padding, dilation,
-groups, input size, widths) share their points; every (signature, kept in, kept out, batch) is
-timed once per profile, and, unless `cache=False`, kept in a per-machine point cache for the next
-profile. Cached points are reused only while the machine still runs them at the speed they were
-timed at: the first distinct layer is timed again, and when its points' median moved by more than
-`STALE_POINTS` (relative) the cached points are dropped and every point is timed anew (a table that
-mixed two speeds of the machine, its points from one day and its calibration from another,
-mis-predicted the learned plans it steered by 8-15%: benchmarks/repredict.py). A whole table is
-cached under $CHANPRUNE_CACHE (default ~/.cache/chanprune)/profiles/, keyed by the architecture (name
-and structure, not weight values: latency does not depend on them), input shape, backend, threads,
-batch sizes, block, sampling, calibration and the machine. It keeps its first layer's points as
-timed (`meta["recheck_ms"]`), and is loaded only after they are timed again within `STALE_POINTS`;
-otherwise the model is profiled anew (with the same re-timed points checking the point cache).
+groups, input size, widths) share their points; every (signature, kept in, kept out, batch) is timed
+once per profile, and, unless `cache=False`, kept in a per-machine point cache for the next profile.
+Cached points are reused only while the machine still runs them at the speed they were timed at: the
+first distinct conv and depthwise layers (a linear one where there is neither) are timed again, and
+when either kind's median ratio moved by more than `STALE_POINTS` (relative) the cached points are
+dropped and every point is timed anew (a table that mixed two speeds of the machine, its points from
+one day and its calibration from another, mis-predicted the learned plans it steered by 8-15%:
+benchmarks/repredict.py). A whole table is cached under $CHANPRUNE_CACHE (default
+~/.cache/chanprune)/profiles/, keyed by the architecture (name and structure, not weight values:
+latency does not depend on them), input shape, backend, threads, batch sizes, block, sampling,
+calibration and the machine. It keeps those layers' points as timed (`meta["recheck_ms"]`), and is
+loaded only after they are timed again within `STALE_POINTS`; otherwise the model is profiled anew
+(with the same re-timed points checking the point cache).
 
 Calibration. Per batch size, the dense model and `calibration_plans` random plans rounded to the
 block (`freeze.random_plan` + `round_plan`) are cut (`cut.cut`), exported and timed side by side
@@ -90,7 +91,7 @@ FITS = ("parts", "scale")
 # Each fit's revision, part of a cached table's key: a table made by an earlier algorithm under the same
 # fit name is profiled again, not reused. Bump a fit's revision when its algorithm changes.
 FIT_REVISIONS = {"parts": "parts/nnls-relative", "scale": "offset>=0"}
-# How far (relative) the re-timed first layer's median may move before a cached table or the cached
+# How far (relative) a re-timed layer kind's median may move before a cached table or the cached
 # points are dropped; None: reuse them unchecked
 STALE_POINTS = 0.15
 
@@ -235,14 +236,22 @@ def _time_models(runners: dict[str, Callable[[], None]], budget_s: float) -> dic
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _compare(fresh: dict[str, float], reference: dict[str, float], limit: float) -> dict | None:
-    """How many of the `fresh` points `reference` holds, the median ratio of their times to it, and
-    whether that moved by more than `limit` (relative); None when they share no point."""
-    common = [k for k in fresh if reference.get(k, 0) > 0]
-    if not common:
+def _compare(fresh: dict[str, float], reference: dict[str, float], limit: float,
+             kinds: dict[str, list[str]]) -> dict | None:
+    """Per layer kind (`kinds`: kind -> its probe's point keys), the median ratio of the `fresh`
+    points' times to the `reference` ones; `ratio` is the one furthest from 1, and the reference is
+    dropped when it moved by more than `limit` (relative): a busy neighbour can slow memory-bound
+    depthwise layers and not compute-bound ones. None when they share no point."""
+    ratios, points = {}, 0
+    for kind, keys in kinds.items():
+        common = [k for k in keys if k in fresh and reference.get(k, 0) > 0]
+        if common:
+            ratios[kind] = float(np.median([fresh[k] / reference[k] for k in common]))
+            points += len(common)
+    if not ratios:
         return None
-    ratio = float(np.median([fresh[k] / reference[k] for k in common]))
-    return {"points": len(common), "ratio": ratio, "dropped": abs(ratio - 1) > limit}
+    ratio = max(ratios.values(), key=lambda r: abs(r - 1))
+    return {"points": points, "ratio": ratio, "ratios": ratios, "dropped": abs(ratio - 1) > limit}
 
 
 class _Points:
@@ -276,10 +285,10 @@ class _Points:
         self.ms[key] = ms
         self.timed += 1
 
-    def recheck(self, probe: "_Points", limit: float) -> dict | None:
-        """Take `probe`'s freshly timed points; compared with the stored ones they replace, drop every
-        stored point when their median ratio moved by more than `limit`. None when nothing compared."""
-        check = _compare(probe.ms, self.stored, limit)
+    def recheck(self, probe: "_Points", limit: float, kinds: dict[str, list[str]]) -> dict | None:
+        """Take `probe`'s freshly timed points; compared with the stored ones they replace (`_compare`),
+        drop every stored point when they moved by more than `limit`. None when nothing compared."""
+        check = _compare(probe.ms, self.stored, limit, kinds)
         self.ms.update(probe.ms)
         self.timed += probe.timed
         if check and check["dropped"]:
@@ -701,8 +710,9 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             linear terms and products of each layer's grid weighted apart) or "scale" (one scale and
             an offset over the layers' sum). See the module's docstring.
         progress: `progress(stage, info)` with stage "recheck" (a cached table's or the cached points'
-            first layer re-timed: of "table" or "points", how many points, their median ratio, whether
-            the cached ones were dropped), "cached", "graph", "layer", "calibrate" or "calibrated".
+            first conv and depthwise layers re-timed: of "table" or "points", how many points, the
+            median ratio per kind and the one furthest from 1, whether the cached ones were
+            dropped), "cached", "graph", "layer", "calibrate" or "calibrated".
 
     Returns:
         The table; `meta["cache"]` says whether it came from the cache ("hit") and where it is kept,
@@ -746,21 +756,28 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             key = (lay.signature, tuple(gi), tuple(go), lay.calls)
             unique.setdefault(key, []).append(lay)
             grids[key] = (gi, go)
-        first = next(iter(unique))
-        first_keys = [_point_key(unique[first][0], kin, kout, b, timing)
-                      for kin in grids[first][0] for kout in grids[first][1] for b in sizes]
+        # what a cached table or point is checked by: the first distinct conv and depthwise layer (a linear
+        # layer only where there is neither: a head's microseconds are mostly noise)
+        probes = {}
+        for key, lays in unique.items():
+            probes.setdefault(lays[0].kind, key)
+        probes = {k: v for k, v in probes.items() if k != "linear" or len(probes) == 1}
+        kinds = {kind: [_point_key(unique[key][0], kin, kout, b, timing)
+                        for kin in grids[key][0] for kout in grids[key][1] for b in sizes]
+                 for kind, key in probes.items()}
         tables: dict[tuple, dict] = {}
         recheck = probe = None
         with tempfile.TemporaryDirectory(prefix="chanprune-profile-") as tmpdir:
             tmp = Path(tmpdir)
 
             def time_probe() -> _Points:
-                """The first distinct layer's points timed now: what a cached table or point is checked by."""
+                """The probe layers' points, timed now (once)."""
                 nonlocal probe
                 if probe is None:
                     probe = _Points(None)
-                    _time_layer(unique[first][0], *grids[first], sizes, backend=backend, threads=threads, points=probe,
-                                budget_s=point_seconds, tmp=tmp, timing=timing)
+                    for key in probes.values():
+                        _time_layer(unique[key][0], *grids[key], sizes, backend=backend, threads=threads,
+                                    points=probe, budget_s=point_seconds, tmp=tmp, timing=timing)
                 return probe
 
             if cache and path.is_file():
@@ -771,7 +788,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
                 reference = (table.meta.get("recheck_ms") or {}) if table is not None else {}
                 check = None
                 if table is not None and reference and STALE_POINTS is not None:  # still this machine's speed?
-                    check = _compare(time_probe().ms, reference, STALE_POINTS)
+                    check = _compare(time_probe().ms, reference, STALE_POINTS, kinds)
                 if check:
                     check["of"] = "table"
                     if progress:
@@ -791,7 +808,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
                 progress("graph", {"layers": len(layers), "unique": len(unique),
                                    "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
             if points.stored and STALE_POINTS is not None:  # does this machine still run at the cached points' speed?
-                recheck = points.recheck(time_probe(), STALE_POINTS)
+                recheck = points.recheck(time_probe(), STALE_POINTS, kinds)
                 if recheck:
                     recheck["of"] = "points"
                 if progress and recheck:
@@ -833,7 +850,7 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             "layers": len(layer_tables), "unique_layers": len(unique), "points": n_points,
             "points_timed": points.timed, "points_reused": points.reused,
             **({"points_recheck": recheck} if recheck else {}),
-            "recheck_ms": {k: points.ms[k] for k in first_keys if k in points.ms},
+            "recheck_ms": {k: points.ms[k] for keys in kinds.values() for k in keys if k in points.ms},
             "timed_as": ("one-layer " + ("ONNX graph" if backend.startswith("ort") else "torch module")
                          + ": Conv/Linear of the kept shape with bias, no activation"),
             "timing": timing, "in_context": in_context, "fit": fit,

@@ -68,8 +68,10 @@ class _Lines:
             table = info.get("of") == "table"
             verdict = ("the table is dropped, profiling anew" if table else
                        "the points are dropped, timing every point anew") if info["dropped"] else "reused"
+            kinds = info.get("ratios") or {}
+            each = f" ({', '.join(f'{k} {r:.2f}x' for k, r in kinds.items())})" if len(kinds) > 1 else ""
             click.echo(f"cached {'table' if table else 'points'}: {info['points']} points re-timed at "
-                       f"{info['ratio']:.2f}x their cached time; {verdict}", err=True)
+                       f"{info['ratio']:.2f}x their cached time{each}; {verdict}", err=True)
         elif stage == "calibrate":
             self.close()
             click.echo(f"calibrating batch {info['batch']} against {info['models']} whole models", err=True)

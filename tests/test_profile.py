@@ -653,6 +653,37 @@ def test_a_cached_table_is_profiled_again_when_the_machine_moved(tmp_path, monke
     assert unchecked.meta["cache"]["hit"] is True and not calls and "recheck" not in unchecked.meta
 
 
+def test_the_recheck_times_one_layer_of_each_kind(tmp_path, monkeypatch):
+    """Convs and depthwise convs are checked each on its first layer (the head, microseconds of noise,
+    is not): a machine that slows only its depthwise layers (memory-bound, where a busy neighbour shows
+    first) drops the cached table and points, although the convs run as fast as when they were timed."""
+    monkeypatch.setenv("CHANPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(prof, "STALE_POINTS", 0.15)
+    speed, timed, current = {"conv": 1.0, "dw": 1.0, "linear": 1.0}, [], {}
+    time_layer = prof._time_layer
+
+    def tagged(lay, *a, **k):
+        current["kind"] = lay.kind
+        return time_layer(lay, *a, **k)
+
+    monkeypatch.setattr(prof, "_time_layer", tagged)
+    monkeypatch.setattr(prof, "_time_runner", lambda run, budget_s: timed.append(current["kind"])
+                        or speed[current["kind"]])
+    first = _profile(calibration_plans=0, cache=True)
+    probed = first.meta["recheck_ms"]
+    assert {k.split("|")[0] for k in probed} == {"conv", "dw"}
+    timed.clear()
+    same = _profile(calibration_plans=0, cache=True)
+    assert same.meta["cache"]["hit"] and same.meta["recheck"]["ratios"] == {"conv": 1.0, "dw": 1.0}
+    assert len(timed) == len(probed) and set(timed) == {"conv", "dw"}
+    speed["dw"] = 1.5
+    moved = _profile(calibration_plans=0, cache=True)
+    assert not moved.meta["cache"]["hit"]
+    check = moved.meta["points_recheck"]
+    assert check["dropped"] and check["ratio"] == 1.5 and check["ratios"] == {"conv": 1.0, "dw": 1.5}
+    assert moved.meta["points_reused"] == 0
+
+
 def test_a_new_fit_revision_does_not_reuse_the_cached_table(tmp_path, monkeypatch):
     """Tables are cached by settings that include the fit's revision: when a fit's algorithm changes
     (its revision is bumped), the old table is not loaded, while the timed points are reused."""
