@@ -77,6 +77,28 @@ def latency_section() -> list[str]:
     return out + [""]
 
 
+# rows a later run of the same arch and target replaced, kept apart: file -> what they were
+REPLACED_GRID_ROWS = {
+    "latency_budget_2026-12-01": "learned with lambda's rate 0.05, before the default `--lam-rate auto`",
+    "latency_budget_stale-table": ("the mobile nets', learned against a table timed on another day than they were "
+                                   "measured (efficientnet_lite0: every point from the point cache of earlier days, "
+                                   "\"Cached points against a fresh profile\" below; mobilenet_v2: profiled the evening "
+                                   "before, its batch-1 fit off by up to 18%)"),
+}
+
+
+REPLACED_WHY_ROWS = {
+    "why_2026-12-01": "profiles of the grid plans learned with lambda's rate 0.05",
+    "why_stale-table": "the mobile nets', of the plans learned against a table of another day",
+}
+
+
+def replaced(files: dict[str, str], by: str = "run of the same arch and target") -> str:
+    """' Rows replaced by a later BY are kept: WHY, in FILE; ...' for the files that hold rows."""
+    kept = [f"{why}, in `benchmarks/results/{name}.jsonl`" for name, why in files.items() if load(name)]
+    return f" Rows replaced by a later {by} are kept: " + "; ".join(kept) + "." if kept else ""
+
+
 def latency_budget_section() -> list[str]:
     rows = load("latency_budget")
     lat = [r for r in rows if r.get("kind") == "latency"]
@@ -97,10 +119,7 @@ def latency_budget_section() -> list[str]:
             "Torch-Pruning MetaPruner (magnitude, uniform, round_to=16) at cp-latency's FLOPs / at its measured batch-1 "
             "latency (bisection on measured latency). Speedup: median per-round dense/slim ratio, interleaved in one "
             "process; predicted: from the table. Efficiency = speedup x FLOPs ratio. Bold: efficiency >= 1.0. "
-            f"Machine: {machines(lat)}." + (
-                " Rows replaced by a later run of the same arch and target (learned again with the default "
-                "`--lam-rate auto`) are kept in `benchmarks/results/latency_budget_2026-12-01.jsonl`."
-                if load("latency_budget_2026-12-01") else "")), "",
+            f"Machine: {machines(lat)}." + replaced(REPLACED_GRID_ROWS)), "",
            "| arch | target | method | FLOPs | b1 speedup (pred.) | b1 eff. | b32 speedup (pred.) | b32 eff. |",
            "|---|---|---|---|---|---|---|---|"]
 
@@ -194,7 +213,10 @@ def repredict_section() -> list[str]:
             f"{t0['cached']['created'][:10]} from {t0['cached']['points_reused']} points reused from the point cache, only "
             f"the calibration timed that day) and by the same profile with `--no-cache` ({t0['fresh']['points_timed']} "
             f"points timed, {t0['fresh']['created'][:10]}), against the speedup the grid measured. Error: predicted over "
-            "measured, minus 1."), "",
+            "measured, minus 1." + (
+                " These plans were then learned again against a table profiled afresh (the grid above); the rows they "
+                "replaced, whose speedups these are, are in `benchmarks/results/latency_budget_stale-table.jsonl`."
+                if {r["arch"] for r in load("latency_budget_stale-table")} & {r["arch"] for r in rows} else "")), "",
            "| arch | target | method | batch | measured | cached table | error | fresh table | error |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -222,7 +244,8 @@ def why_section() -> list[str]:
            "which need channel counts in multiples of 16; NCHW: the fallback (im2col + GEMM), plus reorder nodes "
            "between the two layouts."), "",
            "Grid latency: FLOPs plans of `benchmarks/latency.py` (FLOPs target 0.5); grid latency_budget: the plans of "
-           "`benchmarks/latency_budget.py` (latency target 0.5; `--grid latency_budget`).", "",
+           "`benchmarks/latency_budget.py` (latency target 0.5; `--grid latency_budget`)."
+           + replaced(REPLACED_WHY_ROWS, "profile of the same grid, arch and model"), "",
            "| grid | arch | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

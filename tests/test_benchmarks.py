@@ -118,14 +118,19 @@ def test_latency_fidelity_names_lambdas_rate_and_where_replaced_rows_went(monkey
                                "latency_learned": 0.56, "latency_projected": 0.5, "aligned": True, **kw}
     rows = {"latency_budget": [plan("old"), lat("old", 1, 2.0), lat("old", 32, 2.5),
                                plan("new", lam_rate=0.1023), lat("new", 1, 2.0), lat("new", 32, 2.5)],
-            "latency_budget_2026-12-01": [plan("new")]}
+            "latency_budget_2026-12-01": [plan("new")], "latency_budget_stale-table": [plan("new")]}
     monkeypatch.setattr(report, "load", lambda name: rows.get(name, []))
     text = "\n".join(report.latency_budget_section())
     assert "| old | 0.5 | 0.05 | 0.560 | 0.500 | 0.500 | 0.400 | 0.450 | -0.050 | yes |" in text
     assert "| new | 0.5 | auto (0.102) | 0.560 | 0.500 |" in text
-    assert "kept in `benchmarks/results/latency_budget_2026-12-01.jsonl`" in text
+    assert "are kept: learned with lambda's rate 0.05" in text
+    assert "in `benchmarks/results/latency_budget_2026-12-01.jsonl`; the mobile nets'" in text
+    assert "in `benchmarks/results/latency_budget_stale-table.jsonl`." in text
     del rows["latency_budget_2026-12-01"]
-    assert "latency_budget_2026-12-01" not in "\n".join(report.latency_budget_section())
+    text = "\n".join(report.latency_budget_section())
+    assert "latency_budget_2026-12-01" not in text and "latency_budget_stale-table.jsonl" in text
+    del rows["latency_budget_stale-table"]
+    assert "are kept" not in "\n".join(report.latency_budget_section())
 
 
 def test_a_replaced_baseline_gets_its_own_row_and_its_runs_name_it(monkeypatch, tmp_path):
