@@ -807,12 +807,14 @@ def profile_model(model: str | nn.Module, input_shape: list[int], *, weights: st
             if progress:
                 progress("graph", {"layers": len(layers), "unique": len(unique),
                                    "points": sum(len(gi) * len(go) for gi, go in grids.values()) * len(sizes)})
-            if points.stored and STALE_POINTS is not None:  # does this machine still run at the cached points' speed?
+            # does this machine still run at the cached points' speed? A probe the table's check timed goes
+            # into the points either way, not timed again below
+            if STALE_POINTS is not None and (points.stored or probe is not None):
                 recheck = points.recheck(time_probe(), STALE_POINTS, kinds)
                 if recheck:
                     recheck["of"] = "points"
-                if progress and recheck:
-                    progress("recheck", recheck)
+                    if progress:
+                        progress("recheck", recheck)
             for i, (key, lays) in enumerate(unique.items()):
                 t0, timed0 = time.perf_counter(), points.timed
                 gi, go = grids[key]

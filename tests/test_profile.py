@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -646,6 +647,12 @@ def test_a_cached_table_is_profiled_again_when_the_machine_moved(tmp_path, monke
     assert [r["ratio"] for r in rechecks] == [2.0, 2.0]
     assert moved.meta["points_timed"] == moved.meta["points"] == len(calls)  # the probe counted once
     assert set(moved.meta["recheck_ms"].values()) == {2.0}
+    shutil.rmtree(tmp_path / "profiles" / "points")  # a stale table, no cached point: its probe is not timed twice
+    speed["ms"] = 3.0
+    calls.clear()
+    bare = prof.profile_model(net, [1, 3, 10, 10], **kw)
+    assert bare.meta["cache"]["hit"] is False and "points_recheck" not in bare.meta
+    assert bare.meta["points_timed"] == bare.meta["points"] == len(calls)
     monkeypatch.setattr(prof, "STALE_POINTS", None)  # off: the cached table loads unchecked
     speed["ms"] = 4.0
     calls.clear()
