@@ -84,12 +84,15 @@ REPLACED_GRID_ROWS = {
                                    "measured (efficientnet_lite0: every point from the point cache of earlier days, "
                                    "\"Cached points against a fresh profile\" below; mobilenet_v2: profiled the evening "
                                    "before, its batch-1 fit off by up to 18%)"),
+    "latency_budget_fixed-rate": ("ResNet-18's and ResNet-34's, learned with lambda's fixed rate 0.05 (ResNet-34's 0.3 "
+                                  "plan at 0.357) against tables whose batch-1 fit was off by up to 16% and 12%"),
 }
 
 
 REPLACED_WHY_ROWS = {
     "why_2026-12-01": "profiles of the grid plans learned with lambda's rate 0.05",
     "why_stale-table": "the mobile nets', of the plans learned against a table of another day",
+    "why_fixed-rate": "ResNet-18's, of the plans learned with lambda's fixed rate 0.05",
 }
 
 
@@ -238,16 +241,16 @@ def why_section() -> list[str]:
     rows = load("why")
     if not rows:
         return []
-    out = [("Where the time goes (`python benchmarks/why.py --arch A --target 0.5`, rows: `benchmarks/results/why.jsonl`): "
+    out = [("Where the time goes (`python benchmarks/why.py --arch A --target T`, rows: `benchmarks/results/why.jsonl`): "
            "onnxruntime's own profile at batch 1, kernel time per run, by the kind of node in the graph it actually "
            "runs (after folding batch norm and fusing activations). NCHWc: the channels-blocked AVX-512 kernels, "
            "which need channel counts in multiples of 16; NCHW: the fallback (im2col + GEMM), plus reorder nodes "
            "between the two layouts."), "",
            "Grid latency: FLOPs plans of `benchmarks/latency.py` (FLOPs target 0.5); grid latency_budget: the plans of "
-           "`benchmarks/latency_budget.py` (latency target 0.5; `--grid latency_budget`)."
+           "`benchmarks/latency_budget.py` (latency targets; `--grid latency_budget`)."
            + replaced(REPLACED_WHY_ROWS, "profile of the same grid, arch and model"), "",
-           "| grid | arch | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| grid | arch | target | model | kernel ms | convs on NCHWc | conv ms NCHWc / NCHW | depthwise conv ms | 1x1 conv ms | reorders ms |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k = r.get("ms_per_kind", {})
         nchwc = sum(v for n, v in k.items() if "(NCHWc)" in n)
@@ -256,7 +259,7 @@ def why_section() -> list[str]:
         one = sum(v for n, v in k.items() if n.startswith("1x1"))
         reorder = sum(v for n, v in k.items() if n.startswith("Reorder"))
         convs = sum(v for n, v in r["nodes"].items() if n.endswith("Conv"))
-        out.append(f"| {r.get('grid', 'latency')} | {r['arch']} | {r['model']} | {r['ms_total']:.2f} | {r['nodes'].get('com.microsoft.nchwc:Conv', 0)}/{convs} | "
+        out.append(f"| {r.get('grid', 'latency')} | {r['arch']} | {r.get('target', 0.5)} | {r['model']} | {r['ms_total']:.2f} | {r['nodes'].get('com.microsoft.nchwc:Conv', 0)}/{convs} | "
                    f"{nchwc:.2f} / {nchw:.2f} | {dw:.2f} | {one:.2f} | {reorder:.2f} |")
     return out + [""]
 
