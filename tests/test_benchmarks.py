@@ -212,3 +212,17 @@ def test_guard_trips_when_the_slim_model_is_the_unpruned_one():
                        check=False, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "REGRESSION ort-cpu/b32" in r.stdout
+
+
+def test_why_table_names_each_rows_target(monkeypatch):
+    """why.py profiles a grid's plans at any target: each row shows its own (rows from before the
+    target was asked for were all at 0.5)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    row = lambda arch, **kw: {"arch": arch, "model": "cp-latency", "ms_total": 5.0, "grid": "latency_budget",  # noqa: E731
+                              "nodes": {"com.microsoft.nchwc:Conv": 2}, "ms_per_kind": {"kxk conv (NCHWc)": 4.0}, **kw}
+    monkeypatch.setattr(report, "load", lambda name: [row("resnet34", target=0.3), row("resnet18")] if name == "why" else [])
+    text = "\n".join(report.why_section())
+    assert "| grid | arch | target | model |" in text
+    assert "| latency_budget | resnet34 | 0.3 | cp-latency | 5.00 | 2/2 | 4.00 / 0.00 |" in text
+    assert "| latency_budget | resnet18 | 0.5 | cp-latency |" in text
