@@ -18,7 +18,10 @@ Rows: the predicted latency ratio (learned, then projected), the measured speedu
 ratio), FLOPs.
 
     python benchmarks/latency_budget.py [--archs resnet18,mobilenet_v2,efficientnet_lite0,resnet34,resnet50]
-                                        [--targets 0.5,0.3,0.7] [--out runs/bench/latency_budget]
+                                        [--targets 0.5,0.3,0.7] [--no-cache] [--out runs/bench/latency_budget]
+
+`--no-cache` profiles a missing table with every point timed now (`profile --no-cache`), as the
+committed rows of every arch but resnet50 were; without it `profile` may reuse cached points.
 
 Rows go to benchmarks/results/latency_budget.jsonl; rerunning skips what is there.
 """
@@ -179,6 +182,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="resnet18,mobilenet_v2,efficientnet_lite0,resnet34,resnet50")
     ap.add_argument("--targets", default="0.5,0.3,0.7")
+    ap.add_argument("--no-cache", action="store_true", help="Profile a missing table with every point timed now.")
     plan_arguments(ap)
     a = ap.parse_args()
     import torch
@@ -188,7 +192,7 @@ def main():
     shape = ",".join(map(str, DEPLOY))
     for arch in a.archs.split(","):
         base = baseline(arch, a.out, a)
-        lut = profile(arch, base, a.out)
+        lut = profile(arch, base, a.out, *(["--no-cache"] if a.no_cache else []))
         table = json.loads(lut.read_text())
         block = table["block"]
         dense_dir = a.out / f"{arch}_dense"
