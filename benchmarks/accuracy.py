@@ -69,6 +69,10 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
   tp-r16+cp       Torch-Pruning MetaPruner (magnitude, one ratio, round_to=16), its ratio bisected
                   on measured batch-1 latency to cp-latency's (the fastest not faster), then
                   fine-tuned with chanprune's recipe
+  table-greedy+cp the latency table's greedy most-FLOPs plan from the baseline alone (benchmarks/ceiling.py:
+                  blocks of 16 ranked by the weights' group norm, no data, no learning), the prefix of
+                  its drops bisected on measured batch-1 latency to cp-latency's the same way, then
+                  fine-tuned with chanprune's recipe
 Test accuracy is on the whole test split at 64 px, of the exported slim model. Every method's batch
 norms are re-estimated on 100 batches after training (`export --calibrate-bn 100`; for Torch-Pruning
 the same `calibrate_bn_`): Lite0's batch norms have momentum 0.01 (TensorFlow's 0.99), so after a
@@ -453,12 +457,54 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
     model.eval()
 
 
-LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp"]
+LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp"]
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
+def table_greedy(rows: Rows, arch: str, t: float, seed: int, a, tag: str, base: Path, lut: Path, dense_onnx: Path,
+                 ours: dict, timed) -> dict:
+    """table-greedy+cp: the latency table's most-FLOPs plan from the baseline alone (no data, no learning;
+    benchmarks/ceiling.py), cut at cp-latency's measured batch-1 latency, fine-tuned as tp-r16+cp."""
+    key = f"{arch}/{tag}/lat{t}/s{seed}/table-greedy+cp"
+    if key in rows:
+        return rows.get(key)
+    import latency_budget as lb
+    import torch
+
+    from ceiling import TablePlanner
+    from chanprune.learn import evaluate, fit
+    from chanprune.measure.flops import count_flops, count_params
+    from chanprune.objective import Distill
+    from chanprune.runs import _setup
+
+    folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_table-greedy+cp"
+    planner = TablePlanner(base, lut, a.out / f"{arch}_table-greedy")
+    g = planner.at_latency(dense_onnx, ours["latency_ratio_b1"], folder / "match")
+    _, bundle, _, _, _ = _setup(arch, "fashion-mnist", weights=None, num_classes=10, in_channels=3, image_size=64,
+                                seed=seed, limit=a.limit)
+    pruned = planner.slim(g["drops"])
+    ratio, spread = timed(g["onnx"])
+    for q in pruned.parameters():
+        q.requires_grad_(True)
+    steps = a.epochs * bundle.train.num_batches(128)
+    t0 = time.perf_counter()
+    state = fit(pruned, bundle.train, bundle.val, _recipe("cp", seed, a.epochs, steps),
+                distill=Distill(copy.deepcopy(planner.dense).eval()))
+    recalibrate_bn(pruned, BN_BATCHES, channels=3, size=64)
+    x224 = torch.zeros(lb.DEPLOY)
+    return rows.add({
+        "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
+        "method": "table-greedy+cp", "drops": g["drops"], "predicted_latency_ratio_b1": g["predicted_latency_ratio"],
+        "flops_ratio": count_flops(pruned, x224).total / count_flops(planner.dense, x224).total,
+        "params_slim": count_params(pruned), "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
+        "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
+        "train_seconds": round(sum(h["epoch_seconds"] for h in state.history), 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1), "epochs": a.epochs, "limit": a.limit,
+        "command": f"python benchmarks/accuracy.py --suite latency --seeds {seed}"})
+
+
 def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
-    """The latency suite's three methods for one seed (see the module's docstring)."""
+    """The latency suite's four methods for one seed (see the module's docstring)."""
     import latency_budget as lb
     import torch
 
@@ -476,9 +522,13 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         dense_onnx.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
     tag = f"{setup_tag(a.limit, a.epochs)}-bn{BN_BATCHES}"
-    if f"{arch}/latency-baseline" not in rows:
-        rows.add({"key": f"{arch}/latency-baseline", "suite": "latency", "arch": arch, "method": "baseline",
-                  "baseline": str(base), "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    if not any(r.get("suite") == "latency" and r.get("method") == "baseline" and r.get("arch") == arch
+               and r.get("sha256") == weights_digest(base) for r in rows.rows.values()):
+        key = f"{arch}/latency-baseline"
+        rows.add({"key": key if key not in rows else f"{key}-{weights_digest(base)[:8]}", "suite": "latency",
+                  "arch": arch, "method": "baseline", "baseline": str(base), "sha256": weights_digest(base),
+                  "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"],
+                  f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})
     deploy = ",".join(map(str, lb.DEPLOY))
     shape1 = [1, *lb.DEPLOY[1:]]
 
@@ -515,10 +565,13 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "command": "chanprune " + " ".join(args + ["--out", str(run)]),
         })
 
+    wanted = (a.methods or ",".join(LATENCY_METHODS)).split(",")  # cp-latency always: the others match it
     ours = cp("cp-latency", ["--budget", "latency", "--lut", str(lut), "--target", str(t)], "auto")
-    rows_out = [ours, cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16")]
+    rows_out = [ours]
+    if "cp-flops-r16" in wanted:
+        rows_out.append(cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16"))
     key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp"
-    if key not in rows:
+    if "tp-r16+cp" in wanted and key not in rows:
         from chanprune.learn import evaluate, fit
         from chanprune.load import load_dense
         from chanprune.measure.flops import count_flops, count_params
@@ -551,8 +604,10 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "train_seconds": round(sum(h["epoch_seconds"] for h in state.history), 1),
             "wall_seconds": round(time.perf_counter() - t0, 1), "epochs": a.epochs, "limit": a.limit,
             "command": f"python benchmarks/accuracy.py --suite latency --seeds {seed}"}))
-    else:
+    elif "tp-r16+cp" in wanted:
         rows_out.append(rows.get(key))
+    if "table-greedy+cp" in wanted:
+        rows_out.append(table_greedy(rows, arch, t, seed, a, tag, base, lut, dense_onnx, ours, timed))
     for r in rows_out:
         print(f"{r['method']:<14} latency target {t} seed {seed}: measured latency {r['latency_ratio_b1']:.3f}  "
               f"FLOPs {r['flops_ratio']:.3f}  test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s", flush=True)
@@ -589,6 +644,9 @@ def main():
     torch.set_num_threads(2)
     rows = Rows("accuracy")
     if a.suite == "latency":
+        unknown = set((a.methods or "").split(",")) - set(LATENCY_METHODS) - {""}
+        if unknown:
+            ap.error(f"--methods: {sorted(unknown)[0]} is not a latency-suite method ({', '.join(LATENCY_METHODS)})")
         a.arch, a.epochs = a.arch or "efficientnet_lite0", a.epochs or 2
         for seed in [int(s) for s in (a.seeds or "0,1,2").split(",")]:
             for t in [float(s) for s in (a.targets or "0.5").split(",")]:

@@ -237,6 +237,32 @@ def repredict_section() -> list[str]:
     return out + [""]
 
 
+def ceiling_section() -> list[str]:
+    rows = load("ceiling")
+    plans = [r for r in rows if "latency_ratio" in r]
+    if not plans:
+        return []
+    lat = {(r["arch"], r["target"], r["method"], r["batch"]): r for r in rows if r.get("kind") == "latency"}
+    out = ["#### How much efficiency the table allows: a greedy most-FLOPs plan", "",
+           ("`python benchmarks/ceiling.py --archs A --targets t` (rows: `benchmarks/results/ceiling.jsonl`): from the "
+            "dense model, drop the gate block that gives up the fewest FLOPs per unit of predicted latency saved, "
+            "until the table's latency ratio is down to the learned plan's (cp-latency of the grid above, the same "
+            "blocks and table); then both are exported at 1x3x224x224 and timed against dense in one interleaved "
+            "run per batch size. The greedy plan sees no data: it bounds the efficiency a plan can reach here, not "
+            f"its accuracy. Machine: {machines(plans)}."), "",
+           "| arch | target | plan | predicted latency | FLOPs | channels kept | speedup b1 / b32 | efficiency b1 / b32 | search |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in plans:
+        for m in ("cp-latency", "greedy"):
+            got = [lat.get((r["arch"], r["target"], m, b)) for b in (1, 32)]
+            sp = " / ".join(f"{g['speedup']:.2f}x" if g else "-" for g in got)
+            ef = " / ".join(f"{g['efficiency']:.2f}" if g else "-" for g in got)
+            out.append(f"| {r['arch']} | {r['target']} | {m} | {r['latency_ratio'][m]:.3f} | "
+                       f"{r['flops_ratio_predicted'][m]:.3f} | {r['kept'][m]} | {sp} | {ef} | "
+                       f"{str(round(r['search_s'])) + ' s' if m == 'greedy' else '-'} |")
+    return out + [""]
+
+
 def why_section() -> list[str]:
     rows = load("why")
     if not rows:
@@ -440,30 +466,17 @@ def accuracy_section() -> list[str]:
     return out + [""]
 
 
-def latency_accuracy_section() -> list[str]:
-    runs = [r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") != "baseline"]
-    if not runs:
-        return []
-    base = {r["arch"]: r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") == "baseline"}
+LATENCY_ACCURACY_REPLACED = "accuracy_latency_2026-12-02"  # the latency suite's rows of the learner before 2026-12-03
+
+
+def _latency_accuracy_table(runs: list[dict], base: dict) -> list[str]:
     cell = {(r["arch"], r["setup"], r["latency_target"], r["seed"], r["method"]): r for r in runs}
-    out = ["### Accuracy at equal measured latency: EfficientNet-Lite0 from ImageNet (Fashion-MNIST, 64 px)", "",
-           ("`python benchmarks/accuracy.py --suite latency` (rows: `benchmarks/results/accuracy.jsonl`, `suite: "
-            "latency`). The baseline is the latency grid's: Lite0 with its ImageNet weights moved to Fashion-MNIST "
-            "at 64 px. Each method then trains the same epochs at 64 px after pruning with chanprune's recipe "
-            "(distillation from the baseline, one-cycle); its ONNX at 1x3x224x224 is timed at batch 1 against the "
-            "dense one (interleaved, 2 threads). cp-latency: `learn --budget latency --target t`; cp-flops-r16: "
-            "`learn --budget flops` at cp-latency's FLOPs, exported with `--round-to 16`; tp-r16+cp: Torch-Pruning "
-            "uniform `round_to=16`, its ratio bisected on measured latency to cp-latency's. Train time: the "
-            "training loops' own seconds, over the seeds not trained beside other jobs. Final accuracy: the "
-            "exported slim model on the whole test split. Setup `L12000-e2-bn100`: the first 12,000 training images, "
-            "2 epochs, and every method's batch norms re-estimated on 100 batches at the end (Lite0's momentum is "
-            "0.01, so after a short budget its running statistics still describe the unpruned network); "
-            "`L12000-e2`: the same without re-estimation, one row kept to show what it does. "
-            f"Machine: {machines(runs)}."), "",
-           "| arch | setup | latency target | method | measured latency (b1) | FLOPs | final test (mean ± sd) | "
+    out = ["| arch | setup | latency target | method | measured latency (b1) | FLOPs | final test (mean ± sd) | "
            "cp-latency minus this, paired by seed | train time | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arch, b in base.items():
-        out.append(f"| {arch} | - | - | baseline (ImageNet weights, moved) | 1.000 | 1.000 | {pct(b['test_accuracy'])} | - | - | - |")
+        bn = [v for k, v in b.items() if k.startswith("test_accuracy_bn")]
+        acc = pct(b["test_accuracy"]) + (f" ({pct(bn[0])} with its batch norms re-estimated)" if bn else "")
+        out.append(f"| {arch} | - | - | baseline (ImageNet weights, moved) | 1.000 | 1.000 | {acc} | - | - | - |")
     for arch, setup, t in dict.fromkeys((r["arch"], r["setup"], r["latency_target"]) for r in runs):
         for m in dict.fromkeys(r["method"] for r in runs):
             rs = [r for r in runs if (r["arch"], r["setup"], r["latency_target"], r["method"]) == (arch, setup, t, m)]
@@ -476,6 +489,41 @@ def latency_accuracy_section() -> list[str]:
             out.append(f"| {arch} | {setup} | {t} | {m} | {statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
                        f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
                        f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} | {len(rs)} |")
+    return out
+
+
+def latency_accuracy_section() -> list[str]:
+    runs = [r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") != "baseline"]
+    if not runs:
+        return []
+    base = {r["arch"]: r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") == "baseline"}
+    out = ["### Accuracy at equal measured latency: EfficientNet-Lite0 from ImageNet (Fashion-MNIST, 64 px)", "",
+           ("`python benchmarks/accuracy.py --suite latency` (rows: `benchmarks/results/accuracy.jsonl`, `suite: "
+            "latency`). The baseline is the latency grid's: Lite0 with its ImageNet weights moved to Fashion-MNIST "
+            "at 64 px. Each method then trains the same epochs at 64 px after pruning with chanprune's recipe "
+            "(distillation from the baseline, one-cycle); its ONNX at 1x3x224x224 is timed at batch 1 against the "
+            "dense one (interleaved, 2 threads). cp-latency: `learn --budget latency --target t`; cp-flops-r16: "
+            "`learn --budget flops` at cp-latency's FLOPs, exported with `--round-to 16`; tp-r16+cp: Torch-Pruning "
+            "uniform `round_to=16`, its ratio bisected on measured latency to cp-latency's; table-greedy+cp: the "
+            "latency table's greedy most-FLOPs plan (`benchmarks/ceiling.py`, blocks of 16 ranked by the weights' "
+            "group norm, no data, no learning), the prefix of its drops bisected on measured latency the same way. "
+            "Train time: the "
+            "training loops' own seconds, over the seeds not trained beside other jobs. Final accuracy: the "
+            "exported slim model on the whole test split. Setup `L12000-e2-bn100`: the first 12,000 training images, "
+            "2 epochs, and every method's batch norms re-estimated on 100 batches at the end (Lite0's momentum is "
+            "0.01, so after a short budget its running statistics still describe the unpruned network); "
+            "`L12000-e2`: the same without re-estimation, one row (in the replaced table below) kept to show what "
+            "it does. "
+            f"Machine: {machines(runs)}."), ""]
+    out += _latency_accuracy_table(runs, base)
+    old = [r for r in load(LATENCY_ACCURACY_REPLACED) if r.get("method") != "baseline"]
+    old_base = {r["arch"]: r for r in load(LATENCY_ACCURACY_REPLACED) if r.get("method") == "baseline"}
+    if old:
+        out += ["", (f"Replaced (`benchmarks/results/{LATENCY_ACCURACY_REPLACED}.jsonl`): the same suite with cp-latency "
+                     "learned on 2026-12-02, against the table profiled that day from cached points (see the grid's "
+                     "\"Why the relearn\") and with lambda's fixed rate 0.05, the learner's defaults then; cp-flops-r16 "
+                     "and tp-r16+cp are matched to those plans, and table-greedy+cp (run 2026-12-03) too."), ""]
+        out += _latency_accuracy_table(old, old_base)
     return out + [""]
 
 
@@ -874,7 +922,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + ceiling_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():

@@ -226,3 +226,36 @@ def test_why_table_names_each_rows_target(monkeypatch):
     assert "| grid | arch | target | model |" in text
     assert "| latency_budget | resnet34 | 0.3 | cp-latency | 5.00 | 2/2 | 4.00 / 0.00 |" in text
     assert "| latency_budget | resnet18 | 0.5 | cp-latency |" in text
+
+
+def test_table_greedy_keeps_the_flops_the_cost_makes_cheap(monkeypatch):
+    """benchmarks/ceiling.py's greedy: the plan at a cost ratio keeps more FLOPs than uniform pruning,
+    drops in order (any prefix is the plan at its ratio), and keeps a block of every essential group."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    ceiling = importlib.import_module("ceiling")
+    from chanprune.cost import ChannelsCost, FlopsCost
+    from chanprune.graph import find_groups
+    from chanprune.zoo import build_model
+
+    model = build_model("resnet20", num_classes=10).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    graph = find_groups(model, x)
+    cost, flops = ChannelsCost(model, x, graph), FlopsCost(model, x, graph)  # every channel costs the same
+    units = [[list(range(i, min(i + 4, g.size))) for i in range(0, g.size, 4)] for g in graph.groups]
+    scores = [torch.arange(g.size, dtype=torch.float) for g in graph.groups]
+    essential = [g.size == 16 and i == 0 for i, g in enumerate(graph.groups)]
+    masks, lat, fl, drops = ceiling.greedy(graph, cost, flops, ceiling.pools_of(graph, units, scores), essential, 0.5)
+    assert lat <= 0.5 and abs(lat - float(cost.ratio_of(masks))) < 1e-9 and abs(fl - float(flops.ratio_of(masks))) < 1e-9
+    uniform = [torch.cat([torch.zeros(g.size // 2), torch.ones(g.size - g.size // 2)]) for g in graph.groups]
+    assert float(cost.ratio_of(uniform)) >= lat - 1e-6 and fl > float(flops.ratio_of(uniform)) + 0.05
+    # each group loses its lowest-scored blocks first, and a prefix of the drops is the plan at its ratio
+    for gi, m in enumerate(masks):
+        kept = torch.nonzero(m).flatten().tolist()
+        assert kept == list(range(graph.groups[gi].size - len(kept), graph.groups[gi].size))
+    half = [torch.ones(g.size) for g in graph.groups]
+    for gi, block, _, _ in drops[:len(drops) // 2]:
+        half[gi][block] = 0
+    assert abs(float(cost.ratio_of(half)) - drops[len(drops) // 2 - 1][2]) < 1e-9
+    assert all(float(masks[i].sum()) >= 4 for i, e in enumerate(essential) if e)
+    # a lower ratio keeps fewer FLOPs, each drop costs FLOPs
+    assert all(b[3] <= a[3] + 1e-12 and b[2] < a[2] for a, b in zip(drops, drops[1:]))
