@@ -73,6 +73,9 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
                   blocks of 16 ranked by the weights' group norm, no data, no learning), the prefix of
                   its drops bisected on measured batch-1 latency to cp-latency's the same way, then
                   fine-tuned with chanprune's recipe
+  cp-latency-ls0.25  cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share
+                  0.25`, default 0.5), so the slim model fine-tunes for three quarters; only when --methods
+                  names it
 Test accuracy is on the whole test split at 64 px, of the exported slim model. Every method's batch
 norms are re-estimated on 100 batches after training (`export --calibrate-bn 100`; for Torch-Pruning
 the same `calibrate_bn_`): Lite0's batch norms have momentum 0.01 (TensorFlow's 0.99), so after a
@@ -457,15 +460,18 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
     model.eval()
 
 
-LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp"]
+LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp", "cp-latency-ls0.25"]
+# cp-latency with other `learn` options, run only when --methods names them
+LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"]}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
 def table_greedy(rows: Rows, arch: str, t: float, seed: int, a, tag: str, base: Path, lut: Path, dense_onnx: Path,
-                 ours: dict, timed) -> dict:
+                 ours: dict, timed, on: dict) -> dict:
     """table-greedy+cp: the latency table's most-FLOPs plan from the baseline alone (no data, no learning;
-    benchmarks/ceiling.py), cut at cp-latency's measured batch-1 latency, fine-tuned as tp-r16+cp."""
-    key = f"{arch}/{tag}/lat{t}/s{seed}/table-greedy+cp"
+    benchmarks/ceiling.py), cut at cp-latency's measured batch-1 latency, fine-tuned as tp-r16+cp. `on`:
+    the baseline's key suffix, folder suffix and row fields (`latency_suite`)."""
+    key = f"{arch}/{tag}/lat{t}/s{seed}/table-greedy+cp{on['key']}"
     if key in rows:
         return rows.get(key)
     import latency_budget as lb
@@ -477,8 +483,8 @@ def table_greedy(rows: Rows, arch: str, t: float, seed: int, a, tag: str, base: 
     from chanprune.objective import Distill
     from chanprune.runs import _setup
 
-    folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_table-greedy+cp"
-    planner = TablePlanner(base, lut, a.out / f"{arch}_table-greedy")
+    folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_table-greedy+cp{on['folder']}"
+    planner = TablePlanner(base, lut, a.out / f"{arch}_table-greedy{on['folder']}")
     g = planner.at_latency(dense_onnx, ours["latency_ratio_b1"], folder / "match")
     _, bundle, _, _, _ = _setup(arch, "fashion-mnist", weights=None, num_classes=10, in_channels=3, image_size=64,
                                 seed=seed, limit=a.limit)
@@ -493,7 +499,7 @@ def table_greedy(rows: Rows, arch: str, t: float, seed: int, a, tag: str, base: 
     recalibrate_bn(pruned, BN_BATCHES, channels=3, size=64)
     x224 = torch.zeros(lb.DEPLOY)
     return rows.add({
-        "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
+        "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed, **on["fields"],
         "method": "table-greedy+cp", "drops": g["drops"], "predicted_latency_ratio_b1": g["predicted_latency_ratio"],
         "flops_ratio": count_flops(pruned, x224).total / count_flops(planner.dense, x224).total,
         "params_slim": count_params(pruned), "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
@@ -522,13 +528,19 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         dense_onnx.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
     tag = f"{setup_tag(a.limit, a.epochs)}-bn{BN_BATCHES}"
-    if not any(r.get("suite") == "latency" and r.get("method") == "baseline" and r.get("arch") == arch
-               and r.get("sha256") == weights_digest(base) for r in rows.rows.values()):
-        key = f"{arch}/latency-baseline"
-        rows.add({"key": key if key not in rows else f"{key}-{weights_digest(base)[:8]}", "suite": "latency",
-                  "arch": arch, "method": "baseline", "baseline": str(base), "sha256": weights_digest(base),
+    digest, first = weights_digest(base), f"{arch}/latency-baseline"
+    same = [k for k, r in rows.rows.items() if r.get("suite") == "latency" and r.get("method") == "baseline"
+            and r.get("arch") == arch and r.get("sha256") == digest]
+    if not same:
+        same = [first if first not in rows else f"{first}-{digest[:8]}"]
+        rows.add({"key": same[0], "suite": "latency",
+                  "arch": arch, "method": "baseline", "baseline": str(base), "sha256": digest,
                   "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"],
                   f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})
+    # A baseline retrained elsewhere (another CPU trains other bits) is another experiment: its runs name it
+    # (baseline_key) in their rows, keys and folders, so they neither resume from nor pair with the first's.
+    on = ({"key": "", "folder": "", "fields": {}} if same[0] == first else
+          {"key": f"@{digest[:8]}", "folder": f"_{digest[:8]}", "fields": {"baseline_key": same[0]}})
     deploy = ",".join(map(str, lb.DEPLOY))
     shape1 = [1, *lb.DEPLOY[1:]]
 
@@ -539,10 +551,11 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         return ratio_stats(times["m"], times["dense"])
 
     def cp(method: str, extra: list[str], round_to: str) -> dict:
-        key = f"{arch}/{tag}/lat{t}/s{seed}/{method}"
+        key = f"{arch}/{tag}/lat{t}/s{seed}/{method}{on['key']}"
         if key in rows:
             return rows.get(key)
-        run = a.out / f"{arch}_{setup_tag(a.limit, a.epochs)}_lat{t}_s{seed}_{method}"  # the learn does not change
+        # the learn does not change with the batch-norm re-estimation, so the folder has no -bn
+        run = a.out / f"{arch}_{setup_tag(a.limit, a.epochs)}_lat{t}_s{seed}_{method}{on['folder']}"
         args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--limit", str(a.limit),
                 "--image-size", "64", "--epochs", str(a.epochs), "--seed", str(seed), *extra]
         t0 = time.perf_counter()
@@ -555,7 +568,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
-            "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
+            **on["fields"], "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
             "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
             "predicted_speedup": (x224.get("predicted_speedup") or {}).get("by_batch"),
             "test_accuracy": eval_model(run / f"slim_bn{BN_BATCHES}" / "slim.pt", data="fashion-mnist")["accuracy"],
@@ -565,12 +578,16 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "command": "chanprune " + " ".join(args + ["--out", str(run)]),
         })
 
-    wanted = (a.methods or ",".join(LATENCY_METHODS)).split(",")  # cp-latency always: the others match it
+    wanted = (a.methods or ",".join(m for m in LATENCY_METHODS if m not in LATENCY_VARIANTS)).split(",")
+    # cp-latency always: the others match it
     ours = cp("cp-latency", ["--budget", "latency", "--lut", str(lut), "--target", str(t)], "auto")
     rows_out = [ours]
+    for m, extra in LATENCY_VARIANTS.items():
+        if m in wanted:
+            rows_out.append(cp(m, ["--budget", "latency", "--lut", str(lut), "--target", str(t), *extra], "auto"))
     if "cp-flops-r16" in wanted:
         rows_out.append(cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16"))
-    key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp"
+    key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp{on['key']}"
     if "tp-r16+cp" in wanted and key not in rows:
         from chanprune.learn import evaluate, fit
         from chanprune.load import load_dense
@@ -580,7 +597,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
 
         from _common import tp_prune
 
-        folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_tp-r16+cp"
+        folder = a.out / f"{arch}_{tag}_lat{t}_s{seed}_tp-r16+cp{on['folder']}"
         tp = lb.tp_at_latency(base, dense_onnx, ours["latency_ratio_b1"], folder / "match")
         dense, _ = load_dense(base)
         model, bundle, _, _, shape = _setup(arch, "fashion-mnist", weights=None, num_classes=10, in_channels=3,
@@ -597,7 +614,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         x224 = torch.zeros(lb.DEPLOY)
         rows_out.append(rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
-            "method": "tp-r16+cp", "pruning_ratio": tp["pruning_ratio"],
+            **on["fields"], "method": "tp-r16+cp", "pruning_ratio": tp["pruning_ratio"],
             "flops_ratio": count_flops(pruned, x224).total / count_flops(dense, x224).total,
             "params_slim": count_params(pruned), "latency_ratio_b1": ratio, "latency_ratio_b1_p10_p90": spread,
             "test_accuracy": evaluate(pruned.eval(), bundle.test)["accuracy"],
@@ -607,7 +624,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
     elif "tp-r16+cp" in wanted:
         rows_out.append(rows.get(key))
     if "table-greedy+cp" in wanted:
-        rows_out.append(table_greedy(rows, arch, t, seed, a, tag, base, lut, dense_onnx, ours, timed))
+        rows_out.append(table_greedy(rows, arch, t, seed, a, tag, base, lut, dense_onnx, ours, timed, on))
     for r in rows_out:
         print(f"{r['method']:<14} latency target {t} seed {seed}: measured latency {r['latency_ratio_b1']:.3f}  "
               f"FLOPs {r['flops_ratio']:.3f}  test {r['test_accuracy']:.4f}  {r['train_seconds']:.0f} s", flush=True)

@@ -469,26 +469,37 @@ def accuracy_section() -> list[str]:
 LATENCY_ACCURACY_REPLACED = "accuracy_latency_2026-12-02"  # the latency suite's rows of the learner before 2026-12-03
 
 
-def _latency_accuracy_table(runs: list[dict], base: dict) -> list[str]:
-    cell = {(r["arch"], r["setup"], r["latency_target"], r["seed"], r["method"]): r for r in runs}
-    out = ["| arch | setup | latency target | method | measured latency (b1) | FLOPs | final test (mean ± sd) | "
-           "cp-latency minus this, paired by seed | train time | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for arch, b in base.items():
+def _latency_accuracy_table(runs: list[dict], bases: list[dict]) -> list[str]:
+    """One block of rows per baseline: a run names its baseline (baseline_key) where it is not the arch's
+    first (`ARCH/latency-baseline`); runs on different baselines are neither averaged nor paired."""
+    out = ["| arch | baseline | setup | latency target | method | measured latency (b1) | FLOPs | "
+           "final test (mean ± sd) | cp-latency minus this, paired by seed | train time | seeds |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b in bases:
+        arch = b["arch"]
+        mine = [r for r in runs if r["arch"] == arch and r.get("baseline_key", f"{arch}/latency-baseline") == b["key"]]
+        if not mine and b["key"] != f"{arch}/latency-baseline":
+            continue
+        name = f"{b['sha256'][:8]}, {b.get('date', '-')}" if "sha256" in b else b.get("date", "-")
         bn = [v for k, v in b.items() if k.startswith("test_accuracy_bn")]
         acc = pct(b["test_accuracy"]) + (f" ({pct(bn[0])} with its batch norms re-estimated)" if bn else "")
-        out.append(f"| {arch} | - | - | baseline (ImageNet weights, moved) | 1.000 | 1.000 | {acc} | - | - | - |")
-    for arch, setup, t in dict.fromkeys((r["arch"], r["setup"], r["latency_target"]) for r in runs):
-        for m in dict.fromkeys(r["method"] for r in runs):
-            rs = [r for r in runs if (r["arch"], r["setup"], r["latency_target"], r["method"]) == (arch, setup, t, m)]
-            if not rs:
-                continue
-            acc = [r["test_accuracy"] for r in rs]
-            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            diffs = _paired(cell, arch, setup, t, m, ref="cp-latency")
-            paired = "-" if m == "cp-latency" else _paired_cell(diffs)
-            out.append(f"| {arch} | {setup} | {t} | {m} | {statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
-                       f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
-                       f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} | {len(rs)} |")
+        cpu = b.get("machine", "-").split(",")[0]
+        out.append(f"| {arch} | {name} | - | - | baseline (ImageNet weights, moved; {cpu}) | 1.000 | 1.000 | {acc} "
+                   "| - | - | - |")
+        cell = {(r["arch"], r["setup"], r["latency_target"], r["seed"], r["method"]): r for r in mine}
+        for setup, t in dict.fromkeys((r["setup"], r["latency_target"]) for r in mine):
+            for m in dict.fromkeys(r["method"] for r in mine):
+                rs = [r for r in mine if (r["setup"], r["latency_target"], r["method"]) == (setup, t, m)]
+                if not rs:
+                    continue
+                acc = [r["test_accuracy"] for r in rs]
+                sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+                paired = "-" if m == "cp-latency" else _paired_cell(_paired(cell, arch, setup, t, m, ref="cp-latency"))
+                out.append(f"| {arch} | {name} | {setup} | {t} | {m} | "
+                           f"{statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
+                           f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
+                           f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} "
+                           f"| {len(rs)} |")
     return out
 
 
@@ -496,7 +507,7 @@ def latency_accuracy_section() -> list[str]:
     runs = [r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") != "baseline"]
     if not runs:
         return []
-    base = {r["arch"]: r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") == "baseline"}
+    base = [r for r in load("accuracy") if r.get("suite") == "latency" and r.get("method") == "baseline"]
     out = ["### Accuracy at equal measured latency: EfficientNet-Lite0 from ImageNet (Fashion-MNIST, 64 px)", "",
            ("`python benchmarks/accuracy.py --suite latency` (rows: `benchmarks/results/accuracy.jsonl`, `suite: "
             "latency`). The baseline is the latency grid's: Lite0 with its ImageNet weights moved to Fashion-MNIST "
@@ -506,8 +517,12 @@ def latency_accuracy_section() -> list[str]:
             "`learn --budget flops` at cp-latency's FLOPs, exported with `--round-to 16`; tp-r16+cp: Torch-Pruning "
             "uniform `round_to=16`, its ratio bisected on measured latency to cp-latency's; table-greedy+cp: the "
             "latency table's greedy most-FLOPs plan (`benchmarks/ceiling.py`, blocks of 16 ranked by the weights' "
-            "group norm, no data, no learning), the prefix of its drops bisected on measured latency the same way. "
-            "Train time: the "
+            "group norm, no data, no learning), the prefix of its drops bisected on measured latency the same way; "
+            "cp-latency-ls0.25: cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share "
+            "0.25`, default half), so that the slim model fine-tunes for three quarters. Baseline: its weights' "
+            "digest and day; the suite retrains it where its file is missing, and on another CPU the same command can "
+            "train other bits, so a retrained baseline starts its own block: its runs are neither averaged nor "
+            "paired with another baseline's. Train time: the "
             "training loops' own seconds, over the seeds not trained beside other jobs. Final accuracy: the "
             "exported slim model on the whole test split. Setup `L12000-e2-bn100`: the first 12,000 training images, "
             "2 epochs, and every method's batch norms re-estimated on 100 batches at the end (Lite0's momentum is "
@@ -517,7 +532,7 @@ def latency_accuracy_section() -> list[str]:
             f"Machine: {machines(runs)}."), ""]
     out += _latency_accuracy_table(runs, base)
     old = [r for r in load(LATENCY_ACCURACY_REPLACED) if r.get("method") != "baseline"]
-    old_base = {r["arch"]: r for r in load(LATENCY_ACCURACY_REPLACED) if r.get("method") == "baseline"}
+    old_base = [r for r in load(LATENCY_ACCURACY_REPLACED) if r.get("method") == "baseline"]
     if old:
         out += ["", (f"Replaced (`benchmarks/results/{LATENCY_ACCURACY_REPLACED}.jsonl`): the same suite with cp-latency "
                      "learned on 2026-12-02, against the table profiled that day from cached points (see the grid's "

@@ -106,6 +106,31 @@ def test_accuracy_table_measures_each_run_from_its_own_baseline(monkeypatch):
     assert "| r56 | 0.25 | tp-fpgm+cp | 0.200 | 50.00 | 83.00 ± 4.24 | -5.00 | +1.00 (wins 1/1) |" in text
 
 
+def test_latency_accuracy_table_keeps_each_baselines_runs_apart(monkeypatch):
+    """A baseline retrained on another machine (other bits) starts another block: its runs (baseline_key)
+    are neither averaged nor paired with the first baseline's, even at the same seed."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    run = lambda seed, m, acc, **kw: {"key": f"lite/s{seed}/{m}{kw.get('baseline_key', '')}", "suite": "latency",  # noqa: E731
+                                      "arch": "lite", "setup": "L12000-e2-bn100", "latency_target": 0.5,
+                                      "seed": seed, "method": m, "latency_ratio_b1": 0.5, "flops_ratio": 0.4,
+                                      "test_accuracy": acc, "train_seconds": 10.0, **kw}
+    other = {"baseline_key": "lite/latency-baseline-c41bdb63"}
+    rows = [{"key": "lite/latency-baseline", "suite": "latency", "arch": "lite", "method": "baseline",
+             "sha256": "0c0be01e00", "test_accuracy": 0.80, "machine": "Intel(R) Xeon(R) Processor, 2 cores",
+             "date": "2026-12-03"},
+            {"key": "lite/latency-baseline-c41bdb63", "suite": "latency", "arch": "lite", "method": "baseline",
+             "sha256": "c41bdb6300", "test_accuracy": 0.84, "machine": "AMD EPYC, 2 cores", "date": "2026-12-04"},
+            run(0, "cp-latency", 0.82), run(0, "tp-r16+cp", 0.83),
+            run(0, "cp-latency", 0.90, **other), run(0, "tp-r16+cp", 0.85, **other)]
+    monkeypatch.setattr(report, "load", lambda name: rows if name == "accuracy" else [])
+    text = "\n".join(report.latency_accuracy_section())
+    assert "| lite | 0c0be01e, 2026-12-03 | - | - | baseline (ImageNet weights, moved; Intel(R) Xeon(R) Processor) |" in text
+    assert "| lite | c41bdb63, 2026-12-04 | - | - | baseline (ImageNet weights, moved; AMD EPYC) |" in text
+    assert "| 0c0be01e, 2026-12-03 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 83.00 ± 0.00 | -1.00 (wins 0/1) |" in text
+    assert "| c41bdb63, 2026-12-04 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 85.00 ± 0.00 | +5.00 (wins 1/1) |" in text
+
+
 def test_latency_fidelity_names_lambdas_rate_and_where_replaced_rows_went(monkeypatch):
     """A plan row that records the rate `--lam-rate auto` chose shows it; one without (learned when 0.05
     was the default) shows 0.05; rows archived by a relearn are pointed to."""
