@@ -76,6 +76,8 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
   cp-latency-ls0.25  cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share
                   0.25`, default 0.5), so the slim model fine-tunes for three quarters; only when --methods
                   names it
+  cp-latency-norm cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`,
+                  default uniform: nearly open); only when --methods names it
 Test accuracy is on the whole test split at 64 px, of the exported slim model. Every method's batch
 norms are re-estimated on 100 batches after training (`export --calibrate-bn 100`; for Torch-Pruning
 the same `calibrate_bn_`): Lite0's batch norms have momentum 0.01 (TensorFlow's 0.99), so after a
@@ -460,9 +462,10 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
     model.eval()
 
 
-LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp", "cp-latency-ls0.25"]
+LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp",
+                   "cp-latency-ls0.25", "cp-latency-norm"]
 # cp-latency with other `learn` options, run only when --methods names them
-LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"]}
+LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"]}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
@@ -537,7 +540,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
                   "arch": arch, "method": "baseline", "baseline": str(base), "sha256": digest,
                   "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"],
                   f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})
-    # A baseline retrained elsewhere (another CPU trains other bits) is another experiment: its runs name it
+    # A baseline retrained elsewhere (another CPU can train other bits) is another experiment: its runs name it
     # (baseline_key) in their rows, keys and folders, so they neither resume from nor pair with the first's.
     on = ({"key": "", "folder": "", "fields": {}} if same[0] == first else
           {"key": f"@{digest[:8]}", "folder": f"_{digest[:8]}", "fields": {"baseline_key": same[0]}})
