@@ -199,15 +199,16 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def baseline_row(rows: Rows, arch: str, base: Path) -> str | None:
+def baseline_row(rows: Rows, arch: str, base: Path, *, suite: str | None = None, more=dict) -> str | None:
     """The baseline row that measured the weights in `base`, written here if none did; returns its key
-    where it is not the arch's first row (`ARCH/baseline`), for the runs to name. A first row without a
-    digest (written before digests) is taken to be these weights: there is nothing to tell them apart."""
+    where it is not the arch's first row (`ARCH/baseline`, or `ARCH/SUITE-baseline` for a suite's own
+    baseline rows), for the runs to name. A first row without a digest (written before digests) is taken
+    to be these weights: there is nothing to tell them apart. `more()`: further fields of a new row."""
     from chanprune.evaluate import eval_model
 
-    key, digest = f"{arch}/baseline", weights_digest(base)
+    key, digest = f"{arch}/{suite + '-' if suite else ''}baseline", weights_digest(base)
     same = [r for r in rows.rows.values() if r.get("arch") == arch and r.get("method") == "baseline"
-            and not r.get("suite") and not r.get("bn_batches") and r.get("sha256") == digest]
+            and r.get("suite") == suite and not r.get("bn_batches") and r.get("sha256") == digest]
     if same:
         return None if same[0]["key"] == key else same[0]["key"]
     first = rows.get(key)
@@ -216,9 +217,9 @@ def baseline_row(rows: Rows, arch: str, base: Path) -> str | None:
     new = key if first is None else f"{key}-{digest[:8]}"  # else the file was replaced (retrained)
     if first is not None:
         print(f"{base}: not the weights {key} measured; its runs are measured from {new}", flush=True)
-    rows.add({"key": new, "arch": arch, "method": "baseline", **({"retrained": True} if first else {}),
-              "baseline": str(base), "sha256": digest,
-              "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"]})
+    rows.add({"key": new, **({"suite": suite} if suite else {}), "arch": arch, "method": "baseline",
+              **({"retrained": True} if first else {}), "baseline": str(base), "sha256": digest,
+              "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"], **more()})
     return None if new == key else new
 
 
@@ -531,19 +532,13 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         dense_onnx.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
     tag = f"{setup_tag(a.limit, a.epochs)}-bn{BN_BATCHES}"
-    digest, first = weights_digest(base), f"{arch}/latency-baseline"
-    same = [k for k, r in rows.rows.items() if r.get("suite") == "latency" and r.get("method") == "baseline"
-            and r.get("arch") == arch and r.get("sha256") == digest]
-    if not same:
-        same = [first if first not in rows else f"{first}-{digest[:8]}"]
-        rows.add({"key": same[0], "suite": "latency",
-                  "arch": arch, "method": "baseline", "baseline": str(base), "sha256": digest,
-                  "test_accuracy": eval_model(base, data="fashion-mnist")["accuracy"],
-                  f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})
+    other = baseline_row(rows, arch, base, suite="latency",
+                         more=lambda: {f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})
     # A baseline retrained elsewhere (another CPU can train other bits) is another experiment: its runs name it
     # (baseline_key) in their rows, keys and folders, so they neither resume from nor pair with the first's.
-    on = ({"key": "", "folder": "", "fields": {}} if same[0] == first else
-          {"key": f"@{digest[:8]}", "folder": f"_{digest[:8]}", "fields": {"baseline_key": same[0]}})
+    digest = rows.get(other)["sha256"][:8] if other else ""
+    on = ({"key": "", "folder": "", "fields": {}} if other is None else
+          {"key": f"@{digest}", "folder": f"_{digest}", "fields": {"baseline_key": other}})
     deploy = ",".join(map(str, lb.DEPLOY))
     shape1 = [1, *lb.DEPLOY[1:]]
 

@@ -476,9 +476,9 @@ def _latency_accuracy_table(runs: list[dict], bases: list[dict]) -> list[str]:
            "final test (mean ± sd) | cp-latency minus this, paired by seed | train time | seeds |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in bases:
-        arch = b["arch"]
-        mine = [r for r in runs if r["arch"] == arch and r.get("baseline_key", f"{arch}/latency-baseline") == b["key"]]
-        if not mine and b["key"] != f"{arch}/latency-baseline":
+        arch, first = b["arch"], f"{b['arch']}/latency-baseline"  # runs from the first name no baseline_key
+        mine = [r for r in runs if r["arch"] == arch and r.get("baseline_key", first) == b["key"]]
+        if not mine and b["key"] != first:
             continue
         name = f"{b['sha256'][:8]}, {b.get('date', '-')}" if "sha256" in b else b.get("date", "-")
         bn = [v for k, v in b.items() if k.startswith("test_accuracy_bn")]

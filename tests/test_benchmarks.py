@@ -166,7 +166,7 @@ def test_a_replaced_baseline_gets_its_own_row_and_its_runs_name_it(monkeypatch, 
     import chanprune.evaluate
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
-    scores = iter([0.90, 0.88])
+    scores = iter([0.90, 0.88, 0.86])
     monkeypatch.setattr(chanprune.evaluate, "eval_model", lambda path, data: {"accuracy": next(scores)})
     base = tmp_path / "model.pt"
     torch.save({"state_dict": {"w": torch.ones(3)}, "saved": 1}, base)
@@ -181,6 +181,10 @@ def test_a_replaced_baseline_gets_its_own_row_and_its_runs_name_it(monkeypatch, 
     legacy = common.Rows("legacy")
     legacy.add({"key": "r20/baseline", "arch": "r20", "method": "baseline", "test_accuracy": 0.92})
     assert accuracy.baseline_row(legacy, "r20", base) is None and len(legacy.rows) == 1  # no digest: taken as these
+    # a suite's own baseline rows (the latency suite's) start apart from the main suite's, with its fields
+    assert accuracy.baseline_row(rows, "r56", base, suite="latency", more=lambda: {"test_accuracy_bn100": 0.9}) is None
+    own = rows.get("r56/latency-baseline")
+    assert own["suite"] == "latency" and own["test_accuracy"] == 0.86 and own["test_accuracy_bn100"] == 0.9
 
 
 def test_the_profile_counts_an_if_branch_once(monkeypatch, tmp_path):
