@@ -1,8 +1,12 @@
-"""Lambda's dual-ascent rate on a short run, with the gate logits bounded or not.
+"""Lambda's dual-ascent rate on a short run, with the gate logits bounded or not, and the gates'
+momentum restarted where the cost crosses the target or not.
 
 `--lam-rate`: the fixed 0.05 against `auto` (the default). `--logit-bound`: 0 (unbounded, the
 default) against a bound on the logit gap (`--bounds 0,10`). Unbounded, Adam's unit steps carry a
 polarized gate's gap past 20, where its gradient vanishes: a larger lambda then moves nothing.
+`--gate-restart` (the default since 2026-12-04) against `--no-gate-restart` (`--restarts on,off`):
+in the first steps every logit moves about the gate step size a step, all one way, and Adam's
+momentum carries the cost past the target before it turns; the restart zeroes the momentum there.
 
 The latency grid's plans (benchmarks/latency_budget.py) learn for one epoch at 64 px: about 200
 steps. With the fixed rate lambda rises by about 1.5% a step at 30% over the target, so a plan can
@@ -13,7 +17,8 @@ lands: the table's predicted latency ratio at tau after learning and after proje
 the end, polarization and validation accuracy.
 
     python benchmarks/lam_rate.py [--archs efficientnet_lite0] [--targets 0.5,0.3,0.7]
-                                  [--rates 0.05,auto] [--bounds 0] [--out runs/bench/latency_budget]
+                                  [--rates 0.05,auto] [--bounds 0] [--restarts off]
+                                  [--out runs/bench/latency_budget]
 
 Needs the grid's baseline and table (made here if missing, as the grid makes them; the table is
 timed, so nothing heavy may run beside its profiling). Rows go to benchmarks/results/lam_rate.jsonl;
@@ -36,6 +41,8 @@ def main():
     ap.add_argument("--targets", default="0.5,0.3,0.7")
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--bounds", default="0", help="Logit bounds (`learn --logit-bound`; 0: unbounded).")
+    ap.add_argument("--restarts", default="off",
+                    help="on, off or both (`learn --gate-restart`; off: the rows before it existed).")
     lb.plan_arguments(ap)
     a = ap.parse_args()
     rows = Rows("lam_rate")
@@ -43,18 +50,24 @@ def main():
         base = lb.baseline(arch, a.out, a)
         lut = lb.profile(arch, base, a.out)
         for t in [float(s) for s in a.targets.split(",")]:
-            for rate, bound in [(r, b) for b in a.bounds.split(",") for r in a.rates.split(",")]:
+            for rate, bound, restart in [(r, b, s) for s in a.restarts.split(",") for b in a.bounds.split(",")
+                                         for r in a.rates.split(",")]:
+                if restart not in ("on", "off"):
+                    ap.error(f"--restarts: on or off, got {restart!r}")
                 bound = f"{float(bound):g}"
-                # rows before the bound existed were unbounded and keyed without it
+                # rows before the bound (the restart) existed were unbounded (without it) and keyed without it
                 tag = "" if bound == "0" else f"b{bound}"
-                key = "/".join(filter(None, [arch, f"t{t}", rate, tag]))
+                key = "/".join(filter(None, [arch, f"t{t}", rate, tag, "restart" if restart == "on" else ""]))
                 if key in rows:
                     continue
-                run = a.out / "lam_rate" / "_".join(filter(None, [arch, f"t{t}", rate, tag]))
+                run = a.out / "lam_rate" / "_".join(filter(None, [arch, f"t{t}", rate, tag,
+                                                                  "restart" if restart == "on" else ""]))
                 got = lb.learn(arch, base, run, a, "--budget", "latency", "--lut", str(lut), "--target", str(t),
-                               "--lam-rate", rate, "--logit-bound", bound)
+                               "--lam-rate", rate, "--logit-bound", bound,
+                               "--gate-restart" if restart == "on" else "--no-gate-restart")
                 last, fr = got["learning"], got["frozen"]
                 rows.add({"key": key, "arch": arch, "target": t, "lam_rate": rate, "logit_bound": float(bound),
+                          "gate_restart": restart == "on", "first_crossing": last.get("first_crossing"),
                           "rate_used": last["lambda_rate"],
                           "steps": fr.get("steps"), "frozen": fr.get("reason"),
                           "latency_learned": fr.get("cost_ratio_at_tau"),

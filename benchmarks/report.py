@@ -548,22 +548,28 @@ def lam_rate_section() -> list[str]:
     rows = load("lam_rate")
     if not rows:
         return []
-    out = ["#### Lambda's rate and the logit bound on a short run", "",
+    out = ["#### Lambda's rate, the logit bound and the gates' restart on a short run", "",
            ("`python benchmarks/lam_rate.py --archs A --targets T --bounds 0,10` (rows: "
             "`benchmarks/results/lam_rate.jsonl`): the grid's cp-latency plan (same baseline, table and command, one "
             "epoch at 64 px, plans only) learned with `--lam-rate 0.05` and `--lam-rate auto` (the default since 2026-12-03), with the "
-            "gates' logit gap unbounded (`--logit-bound 0`, the default) or bounded (`--logit-bound 10`). "
+            "gates' logit gap unbounded (`--logit-bound 0`, the default) or bounded (`--logit-bound 10`), and with "
+            "the gates' momentum restarted where the cost crosses the target (`--gate-restart`, the default since "
+            "2026-12-04; `--restarts on,off`) or not (every row before it). First crossing: the step whose "
+            "cost first crossed the target (recorded since the restart; '-': not recorded, or never crossed). "
             "Learned: the table's predicted latency ratio at tau when learning ended; it must be within 0.05 of the "
             "target. Projected: after the projection (within 0.02). Polarized: the share of gates below 0.05 or "
             "above 0.95 when learning ended. Val: accuracy on the validation subset when learning ended, before "
             "the projection and without fine-tuning (one epoch of learning on 12,800 images). "
             f"Machine: {machines(rows)}."), "",
-           "| arch | target | --lam-rate | --logit-bound | rate used | steps | lambda at the end | polarized | "
-           "learned | off by | projected | val |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["arch"], r["target"], r.get("logit_bound", 0.0), r["lam_rate"] != "0.05")):
+           "| arch | target | --lam-rate | --logit-bound | restart | first crossing | rate used | steps | lambda at the end | "
+           "polarized | learned | off by | projected | val |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["arch"], r["target"], r.get("logit_bound", 0.0), r["lam_rate"] != "0.05",
+                                         bool(r.get("gate_restart")))):
         off = r["latency_learned"] - r["target"]
         bound = r.get("logit_bound", 0.0)
+        first = r.get("first_crossing")
         out.append(f"| {r['arch']} | {r['target']} | {r['lam_rate']} | {f'{bound:g}' if bound else 'none'} | "
+                   f"{'on' if r.get('gate_restart') else 'off'} | {'-' if 'first_crossing' not in r else 'never' if first is None else f'step {first}'} | "
                    f"{r['rate_used']:.3f} | {r['steps']} | "
                    f"{r['lambda_end']:.0f} | {r['polarized']:.1%} | {r['latency_learned']:.3f} | "
                    f"{'**' if abs(off) <= 0.05 else ''}{off:+.3f}{'**' if abs(off) <= 0.05 else ''} | "

@@ -36,6 +36,8 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     lam: float = 0.0  # the budget term's weight (learning only)
+    side: int = 0  # where the last step's cost stood against the target: +1 above, -1 not (learning only)
+    first_crossing: int | None = None  # the step whose cost first crossed the target (learning only)
     optimizer: list[dict] = field(default_factory=list)
     scheduler: list[dict] = field(default_factory=list)
     rng: dict = field(default_factory=dict)
@@ -43,7 +45,7 @@ class LoopState:
 
     def to_dict(self) -> dict:
         return {"state": {"epoch": self.epoch, "step": self.step, "history": self.history, "best": self.best,
-                          "lam": self.lam},
+                          "lam": self.lam, "side": self.side, "first_crossing": self.first_crossing},
                 "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng}
 
     @classmethod
@@ -56,8 +58,11 @@ class LoopState:
         opt, sched, rng = d.get("optimizer", []), d.get("scheduler", []), d.get("rng", {})
         if not isinstance(opt, list) or not isinstance(sched, list) or not isinstance(rng, dict):
             raise ArtifactError(f"{path}: malformed optimizer, scheduler or RNG state")
+        side, first = st.get("side", 0), st.get("first_crossing")
+        if side not in (-1, 0, 1) or not (first is None or (type(first) is int and first > 0)):
+            raise ArtifactError(f"{path}: training 'side' must be -1, 0 or 1 and 'first_crossing' a step or null")
         return cls(st["epoch"], st["step"], list(st.get("history") or []), st.get("best"),
-                   float(st.get("lam") or 0.0), opt, sched, rng)
+                   float(st.get("lam") or 0.0), int(side), first, opt, sched, rng)
 
 
 def _shape(v, path) -> list[int]:

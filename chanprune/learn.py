@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -65,6 +66,12 @@ class LearnConfig(TrainConfig):
     # so a polarized gate keeps a gradient the budget can act on; None: unbounded (the default: on short
     # runs with lam_rate auto the bound cost accuracy, benchmarks/lam_rate.py)
     logit_bound: float | None = None
+    # when a step's cost first crosses the target, zero the gate logits' Adam momentum (a restart, after
+    # O'Donoghue & Candes 2015): in the first steps every logit moves about gate_lr a step, all one way,
+    # and momentum carried a 0.7 plan to 0.41 before it turned. Once only: restarting at every crossing
+    # (the sampled cost flips around the target every few steps) held polarization near 80%
+    # (benchmarks/lam_rate.py --restarts)
+    gate_restart: bool = True
     dependent_gate_lr: float = 0.01  # Adam on a data-dependent gate's network (an MLP, not logits)
     # data-dependent gates: learn them for `max_learn_share` of the budget, then freeze the gate network
     # and fine-tune the weights under its threshold decisions (each input's own) for the rest
@@ -181,6 +188,12 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, opts
         o.step()
     for sc in scheds:
         sc.step()
+    if "rate" in stats and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # every rank's lambda and gate restarts follow the same rate (the batch's across ranks), so the
+        # gates' optimizer states, which see the same averaged gradients, stay the same everywhere
+        rate = stats["rate"].detach().clone()
+        dist.all_reduce(rate)
+        stats = {**stats, "rate": rate / dist.get_world_size()}
     objective.update(stats)
     return logits.detach(), loss.detach(), stats
 
@@ -202,8 +215,9 @@ def _optimizers(model: nn.Module, gates: GateSet | None, config: TrainConfig, to
         network = [q for g in gates.gates for q in g.network_parameters()]
         ids = set(map(id, network))
         logits = [q for q in gates.parameters() if id(q) not in ids]
-        groups = [{"params": ps, "lr": lr} for ps, lr in ((logits, config.gate_lr),
-                                                           (network, getattr(config, "dependent_gate_lr", 0.01))) if ps]
+        groups = [{"params": ps, "lr": lr, "logits": is_logits}
+                  for ps, lr, is_logits in ((logits, config.gate_lr, True),
+                                            (network, getattr(config, "dependent_gate_lr", 0.01), False)) if ps]
         if groups:
             opts.append(torch.optim.Adam(groups, lr=config.gate_lr, weight_decay=wd))
     # The weights follow `config.schedule`; the gates keep their step size, so they go on polarizing.
@@ -263,12 +277,13 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
             Checkpointer.restore_state(loop, opts, scheds)
     if learning:
         objective.lam = loop.lam or objective.lam
+        objective.side = loop.side
         gates.tau = config.tau  # validation sees the network frozen at the run's own tau
 
     def save(tag: str) -> None:
         if checkpointer is not None:
             if learning:
-                loop.lam = objective.lam
+                loop.lam, loop.side = objective.lam, objective.side
             checkpointer.save(model, loop, opts, scheds, tag=tag, gates=gates, seed=config.seed)
 
     guard = checkpointer.catching_sigint() if checkpointer is not None else contextlib.nullcontext()
@@ -290,6 +305,10 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                         logits, loss, stats = train_step(train_net, x, y, objective, opts, scheds, gates)
                         if learning:
                             gates.bound_(getattr(config, "logit_bound", None))
+                            if objective.crossed and loop.first_crossing is None:
+                                loop.first_crossing = done + 1
+                                if getattr(config, "gate_restart", False) and len(opts) > 1:
+                                    restart_momentum(opts[1])
                     except TrainingError as e:
                         raise TrainingError(f"at epoch {loop.epoch + 1}, step {loop.step + 1}: {e}") from None
                     loop.step += 1
@@ -320,6 +339,7 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                     row["train_rate"] = sums["rate"] / n
                     row["lambda"] = objective.lam
                     row["lambda_rate"] = objective.rate
+                    row["first_crossing"] = loop.first_crossing  # where the gates' momentum restarted (gate_restart)
                     row.update(gate_metrics(gates, cost, config))
                 per_input = learning and gates is not None and bool(gates.dependent)  # each input's own cost
                 row.update({f"val_{k}": v for k, v in evaluate(train_net, data_val, device=device,
@@ -339,8 +359,20 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
         save("interrupted")
         raise KeyboardInterrupt from None
     if learning:
-        loop.lam = objective.lam
+        loop.lam, loop.side = objective.lam, objective.side
     return loop
+
+
+def restart_momentum(opt: torch.optim.Optimizer) -> None:
+    """Zero the first moment of the gate logits in `opt` (its group marked "logits"; a data-dependent
+    gate's network keeps its own). Adam's second moment and step count stay, so the step size after a
+    restart is set by the new gradients alone and grows back as they agree."""
+    for group in opt.param_groups:
+        if group.get("logits"):
+            for q in group["params"]:
+                st = opt.state.get(q)
+                if st and "exp_avg" in st:
+                    st["exp_avg"].zero_()
 
 
 def learning_steps(config: LearnConfig, total_steps: int) -> int:

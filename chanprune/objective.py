@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from .cost import Cost
 
+LAM_MAX = 1e6  # lambda's ceiling (the largest a committed run reached: about 4e4)
+
 __all__ = ["budget_loss", "BudgetObjective", "CrossEntropy", "Distill"]
 
 
@@ -76,6 +78,10 @@ class BudgetObjective:
 
     The squared penalty alone settles where the classifier's pull balances it, above the target; a
     lambda that grows with the excess (and shrinks back to its floor `lam` below target) does not.
+
+    `side` is where the last step's rate stood (+1 above the target, -1 at or below, 0 before the
+    first step), and `crossed` whether that step moved it across the target: `fit` restarts the
+    gates' momentum there.
     """
 
     def __init__(self, cost: Cost, target: float, *, lam: float = 5.0, lam_rate: float = 0.05,
@@ -83,6 +89,7 @@ class BudgetObjective:
         self.cost, self.target, self.floor, self.rate = cost, target, lam, lam_rate
         self.lam = lam
         self.distill = distill
+        self.side, self.crossed = 0, False
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor, masks: list[torch.Tensor], *,
                  inputs=None) -> tuple[torch.Tensor, dict]:
@@ -93,4 +100,8 @@ class BudgetObjective:
     def update(self, stats: dict) -> None:
         """One dual-ascent step on lambda after an optimizer step."""
         excess = (float(stats["rate"]) - self.target) / max(self.target, 1e-3)
-        self.lam = max(self.floor, self.lam * math.exp(self.rate * excess))
+        # capped: a run of a few steps far above its target (auto's rate is large there) would otherwise
+        # overflow lambda to inf within steps and end in an infinite loss
+        self.lam = min(LAM_MAX, max(self.floor, self.lam * math.exp(min(self.rate * excess, 50.0))))
+        side = 1 if excess > 0 else -1
+        self.crossed, self.side = self.side != 0 and side != self.side, side

@@ -335,3 +335,59 @@ def test_onecycle_survives_a_budget_of_a_few_steps(total):
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(0 <= lr <= 0.1 + 1e-9 for lr in lrs)
+
+
+def test_the_objective_marks_the_steps_that_cross_the_target():
+    from chanprune.objective import BudgetObjective
+
+    obj = BudgetObjective(cost=None, target=0.5)
+    seen = []
+    for rate in [0.9, 0.6, 0.4, 0.45, 0.5, 0.7, 0.3]:
+        obj.update({"rate": rate})
+        seen.append((obj.side, obj.crossed))
+    # the first step has nothing to cross from; at the target counts as below (the budget is met)
+    assert seen == [(1, False), (1, False), (-1, True), (-1, False), (-1, False), (1, True), (-1, True)]
+
+
+def test_lambda_stays_finite_on_a_short_run_far_above_its_target():
+    from chanprune.objective import LAM_MAX, BudgetObjective
+
+    obj = BudgetObjective(cost=None, target=0.05, lam=5.0, lam_rate=4.6)  # auto's rate for 4 learning steps
+    for _ in range(4):
+        obj.update({"rate": 0.95})
+    assert obj.lam == LAM_MAX
+
+
+def test_a_restart_zeroes_the_gate_logits_momentum_and_nothing_else():
+    from chanprune.learn import restart_momentum
+
+    logits, network = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([{"params": [logits], "logits": True}, {"params": [network], "logits": False}], lr=1.0)
+    (logits.sum() + 2 * network.sum()).backward()
+    opt.step()
+    v = opt.state[logits]["exp_avg_sq"].clone()
+    restart_momentum(opt)
+    assert torch.equal(opt.state[logits]["exp_avg"], torch.zeros(4))
+    assert torch.equal(opt.state[logits]["exp_avg_sq"], v) and int(opt.state[logits]["step"]) == 1
+    assert torch.equal(opt.state[network]["exp_avg"], torch.full((3,), 0.2))  # (1 - 0.9) * 2
+
+
+@pytest.mark.parametrize("target, limit", [(0.05, 256), (0.9, 1437)])
+def test_gate_restart_changes_a_run_only_where_its_cost_crosses_the_target(base, tmp_path, target, limit):
+    """Below any cost the gates reach in 4 steps (0.05) the cost never crosses the target, and the run
+    with the restart is the run without, bit for bit; at 0.9 it crosses within the first steps, the
+    step is recorded, and the restart there changes where the gates end."""
+    runs = {}
+    for flag in ("--gate-restart", "--no-gate-restart"):
+        out = tmp_path / flag
+        run("learn", "--arch", "resnet20", "--weights", base, "--data", "digits", "--target", target, "--epochs", 1,
+            "--finetune-epochs", 0, "--batch-size", 64, "--limit", limit, "--no-project", flag, "--out", out)
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        gates = torch.load(out / "model.pt", weights_only=True)["gate_state"]
+        runs[flag] = row["first_crossing"], gates
+    (crossed, on), (crossed_off, off) = runs["--gate-restart"], runs["--no-gate-restart"]
+    same = all(torch.equal(on[k], off[k]) for k in on if isinstance(on[k], torch.Tensor))
+    if target == 0.05:
+        assert crossed is None and crossed_off is None and same
+    else:
+        assert crossed == crossed_off and 0 < crossed < 10 and not same
