@@ -112,6 +112,9 @@ ABLATIONS = {  # one lever each, against the new default
     # lambda's rise scaled to the learning steps: the plan reaches its target (and may freeze when
     # ready) within a short run, where the fixed rate leaves it above until the deadline's projection
     "cp-lam-rate-auto": ["--lam-rate", "auto"],
+    # the gates' Adam momentum zeroed where the cost first crosses the target (on by default since
+    # 2026-12-04); against cp-lam-rate-auto, learned before the restart existed
+    "cp-gate-restart": ["--lam-rate", "auto", "--gate-restart"],
     "cp-old-recipe": ["--no-distill", "@split", "--finetune-schedule", "cosine"],  # the recipe before this wave
     # a gentler fine-tune: the slim model starts near the baseline (92% val at the freeze), not at
     # Torch-Pruning's 10%, so the peak learning rate that revives a one-shot cut may undo it
@@ -263,6 +266,8 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
         "polarized": learned[-1]["polarized"], "frozen": {k: frozen.get(k) for k in ("reason", "steps", "finetune_steps")},
+        # the step whose cost first crossed the target (where --gate-restart acts; None: never), since 2026-12-04
+        **({"first_crossing": learned[-1]["first_crossing"]} if "first_crossing" in learned[-1] else {}),
         "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact"),
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
     })
@@ -564,6 +569,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         x224 = export(run / "model.pt", run / "slim224", "--input-shape", deploy, "--round-to", round_to, "--lut", str(lut))
         ratio, spread = timed(x224["onnx"])
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        learning = [h for h in hist if "lambda" in h]
         return rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
             **on["fields"], "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
@@ -573,6 +579,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
             "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact") and x224.get("exact"),
             "bn_batches": BN_BATCHES,
+            **({"first_crossing": learning[-1]["first_crossing"]} if learning and "first_crossing" in learning[-1] else {}),
             "command": "chanprune " + " ".join(args + ["--out", str(run)]),
         })
 

@@ -332,6 +332,8 @@ LEVERS = {
     "cp-trainable-gate": "the trainable gate of Kim et al. instead of Gumbel",
     "cp-learn-quarter": "freeze at the latest after a quarter of the budget, not half",
     "cp-lam-rate-auto": "lambda's rise scaled to the learning steps (`--lam-rate auto`), not 0.05 a step",
+    "cp-gate-restart": "as cp-lam-rate-auto, and the gates' momentum restarted where the cost first crosses the "
+                       "target (`--gate-restart`)",
     "cp-old-recipe": "the recipe before: no distillation, fixed split, cosine",
     "cp-finetune-lr-0.01": "fine-tuning's peak learning rate 0.01, not 0.02",
     "cp-finetune-lr-0.005": "fine-tuning's peak learning rate 0.005, not 0.02",
@@ -554,7 +556,9 @@ def lam_rate_section() -> list[str]:
             "epoch at 64 px, plans only) learned with `--lam-rate 0.05` and `--lam-rate auto` (the default since 2026-12-03), with the "
             "gates' logit gap unbounded (`--logit-bound 0`, the default) or bounded (`--logit-bound 10`), and with "
             "the gates' momentum restarted where the cost crosses the target (`--gate-restart`, the default since "
-            "2026-12-04; `--restarts on,off`) or not (every row before it). First crossing: the step whose "
+            "2026-12-04; `--restarts on,off`) or not (every row before it). ResNet-34's rows start from a baseline "
+            "trained and a table profiled again on 2026-12-04 (the grid's runs were gone), by the grid's own "
+            "commands, so they pair with each other, not with the grid's rows. First crossing: the step whose "
             "cost first crossed the target (recorded since the restart; '-': not recorded, or never crossed). "
             "Learned: the table's predicted latency ratio at tau when learning ended; it must be within 0.05 of the "
             "target. Projected: after the projection (within 0.02). Polarized: the share of gates below 0.05 or "
