@@ -495,12 +495,12 @@ def _latency_accuracy_table(runs: list[dict], bases: list[dict]) -> list[str]:
                 if not rs:
                     continue
                 acc = [r["test_accuracy"] for r in rs]
-                sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+                sd = f" ± {100 * statistics.stdev(acc):.2f}" if len(acc) > 1 else ""  # one seed has no spread
                 paired = "-" if m == "cp-latency" else _paired_cell(_paired(cell, arch, setup, t, m, ref="cp-latency"))
                 out.append(f"| {arch} | {name} | {setup} | {t} | {m} | "
                            f"{statistics.fmean(r['latency_ratio_b1'] for r in rs):.3f} | "
                            f"{statistics.fmean(r['flops_ratio'] for r in rs):.3f} | "
-                           f"{pct(statistics.fmean(acc))} ± {100 * sd:.2f} | {paired} | {_train_time(rs)} "
+                           f"{pct(statistics.fmean(acc))}{sd} | {paired} | {_train_time(rs)} "
                            f"| {len(rs)} |")
     return out
 

@@ -127,8 +127,8 @@ def test_latency_accuracy_table_keeps_each_baselines_runs_apart(monkeypatch):
     text = "\n".join(report.latency_accuracy_section())
     assert "| lite | 0c0be01e, 2026-12-03 | - | - | baseline (ImageNet weights, moved; Intel(R) Xeon(R) Processor) |" in text
     assert "| lite | c41bdb63, 2026-12-04 | - | - | baseline (ImageNet weights, moved; AMD EPYC) |" in text
-    assert "| 0c0be01e, 2026-12-03 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 83.00 ± 0.00 | -1.00 (wins 0/1) |" in text
-    assert "| c41bdb63, 2026-12-04 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 85.00 ± 0.00 | +5.00 (wins 1/1) |" in text
+    assert "| 0c0be01e, 2026-12-03 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 83.00 | -1.00 (wins 0/1) |" in text
+    assert "| c41bdb63, 2026-12-04 | L12000-e2-bn100 | 0.5 | tp-r16+cp | 0.500 | 0.400 | 85.00 | +5.00 (wins 1/1) |" in text
 
 
 def test_latency_fidelity_names_lambdas_rate_and_where_replaced_rows_went(monkeypatch):
