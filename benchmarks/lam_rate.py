@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--bounds", default="0", help="Logit bounds (`learn --logit-bound`; 0: unbounded).")
     ap.add_argument("--restarts", default="off",
-                    help="on, off or both (`learn --gate-restart`; off: the rows before it existed).")
+                    help="on, off, or on,off (`learn --gate-restart`; off: as the rows before it existed).")
     lb.plan_arguments(ap)
     a = ap.parse_args()
     rows = Rows("lam_rate")

@@ -102,6 +102,6 @@ class BudgetObjective:
         excess = (float(stats["rate"]) - self.target) / max(self.target, 1e-3)
         # capped: a run of a few steps far above its target (auto's rate is large there) would otherwise
         # overflow lambda to inf within steps and end in an infinite loss
-        self.lam = min(LAM_MAX, max(self.floor, self.lam * math.exp(min(self.rate * excess, 50.0))))
+        self.lam = min(max(LAM_MAX, self.floor), max(self.floor, self.lam * math.exp(min(self.rate * excess, 50.0))))
         side = 1 if excess > 0 else -1
         self.crossed, self.side = self.side != 0 and side != self.side, side
