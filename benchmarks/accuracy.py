@@ -226,6 +226,14 @@ def baseline_row(rows: Rows, arch: str, base: Path, *, suite: str | None = None,
     return None if new == key else new
 
 
+def first_crossing(hist: list[dict]) -> dict:
+    """A row's `first_crossing` from a learn run's metrics: the step whose cost first crossed the target
+    (where --gate-restart acts; None: never), from its last epoch that learned gates; {} where the run
+    predates the record (2026-12-04)."""
+    learning = [h for h in hist if "lambda" in h]
+    return {"first_crossing": learning[-1]["first_crossing"]} if learning and "first_crossing" in learning[-1] else {}
+
+
 def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a) -> dict:
     tag = main_tag(a, base)
     key = f"{arch}/{tag}/t{t}/s{seed}/{method}"
@@ -266,8 +274,7 @@ def ours(rows: Rows, arch: str, base: Path, t: float, seed: int, method: str, a)
         "test_accuracy": eval_model(run / "slim" / "slim.pt", data="fashion-mnist")["accuracy"],
         "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
         "polarized": learned[-1]["polarized"], "frozen": {k: frozen.get(k) for k in ("reason", "steps", "finetune_steps")},
-        # the step whose cost first crossed the target (where --gate-restart acts; None: never), since 2026-12-04
-        **({"first_crossing": learned[-1]["first_crossing"]} if "first_crossing" in learned[-1] else {}),
+        **first_crossing(hist),
         "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact"),
         "command": "chanprune " + " ".join(args + ["--out", str(run)]),
     })
@@ -569,7 +576,6 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         x224 = export(run / "model.pt", run / "slim224", "--input-shape", deploy, "--round-to", round_to, "--lut", str(lut))
         ratio, spread = timed(x224["onnx"])
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        learning = [h for h in hist if "lambda" in h]
         return rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
             **on["fields"], "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
@@ -579,7 +585,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "train_seconds": round(sum(h["epoch_seconds"] for h in hist), 1), "wall_seconds": round(seconds, 1),
             "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact") and x224.get("exact"),
             "bn_batches": BN_BATCHES,
-            **({"first_crossing": learning[-1]["first_crossing"]} if learning and "first_crossing" in learning[-1] else {}),
+            **first_crossing(hist),
             "command": "chanprune " + " ".join(args + ["--out", str(run)]),
         })
 
