@@ -97,12 +97,15 @@ def freeze(graph: ChannelGraph, probs: list[torch.Tensor], *, tau: float = 0.5, 
 
 def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float, *, tolerance: float = 0.02,
                  min_keep: int = 0, units: list[list[list[int]] | None] | None = None,
-                 whole: frozenset[str] = frozenset()) -> PrunePlan:
+                 whole: frozenset[str] = frozenset(), scores: list | None = None) -> PrunePlan:
     """Move a frozen plan's predicted cost onto `target` when it is further than `tolerance` away.
 
     Above: drop kept channels, the least probable first (over all groups), as few as bring the cost
     to the target or below. Below: add back dropped channels, the most probable first, as many as
-    keep it at or below the target (skipping those that would pass it). A group is never emptied
+    keep it at or below the target (skipping those that would pass it). `scores` (per group, one
+    per channel, in the probabilities' order: `GateSet.margins()`) rank instead of the plan's
+    probabilities, which tie at exactly 1.0 or 0.0 once the gates polarize: ties fell to the
+    earliest groups first. A group is never emptied
     or revived by this, keeps at least
     `min_keep`, and groups with equal counts per part (grouped convs) are left as they are. With
     `units` (per group, the channel blocks that move together, `GateSet.units()`), whole blocks move:
@@ -113,8 +116,9 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     if abs(r0 - target) <= tolerance:
         return plan
     above = r0 > target
-    cands = []  # (p, group index, first channel, channels)
+    cands = []  # (score, group index, first channel, channels)
     for gi, gp in enumerate(plan.groups):
+        rank = ([float(v) for v in scores[gi]] if scores is not None and scores[gi] is not None else gp.probs)
         g = graph.group(gp.name)
         one = gp.name in whole
         blocks = ([list(range(gp.size))] if one else
@@ -126,7 +130,7 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
         pool = [b for b in blocks if (set(b) <= kept if above else not set(b) & kept)]
         if above:
             floor = 0 if one else max(1, min_keep)
-            ranked = sorted(pool, key=lambda b: (max(gp.probs[c] for c in b), b[0]))
+            ranked = sorted(pool, key=lambda b: (max(rank[c] for c in b), b[0]))
             left, take = len(kept), []
             for b in ranked:
                 if left - len(b) < floor:
@@ -134,8 +138,8 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
                 take.append(b)
                 left -= len(b)
         else:
-            take = sorted(pool, key=lambda b: (max(gp.probs[c] for c in b), b[0]), reverse=True)
-        cands += [(max(gp.probs[c] for c in b), gi, b[0], b) for b in take]
+            take = sorted(pool, key=lambda b: (max(rank[c] for c in b), b[0]), reverse=True)
+        cands += [(max(rank[c] for c in b), gi, b[0], b) for b in take]
     cands.sort(key=lambda t: (t[0], t[1], t[2]), reverse=not above)
 
     def moved(chosen: list) -> PrunePlan:

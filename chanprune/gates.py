@@ -49,6 +49,13 @@ class Gate(nn.Module):
     def probs(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def margins(self) -> torch.Tensor:
+        """Per channel, a score in the order of `probs()` that does not saturate: a polarized gate's
+        probability is 1.0 or 0.0 in float32, so ranking by it ties. By default the log-odds of
+        `probs()` in float64 (a kind with logits gives them unsaturated)."""
+        p = self.probs().detach().double()
+        return torch.logit(p, eps=1e-15)
+
     def sample(self, batch: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -118,6 +125,9 @@ class GumbelGate(Gate):
 
     def probs(self) -> torch.Tensor:
         return torch.sigmoid(self.logits[:, 1] - self.logits[:, 0])
+
+    def margins(self) -> torch.Tensor:
+        return (self.logits[:, 1] - self.logits[:, 0]).detach().double()
 
     def sample(self, batch: int) -> torch.Tensor:
         logits = self.logits.unsqueeze(0).expand(batch, -1, -1)
@@ -224,6 +234,9 @@ class TrainableGate(Gate):
     def probs(self) -> torch.Tensor:
         return (self.weight > 0).to(self.weight.dtype)
 
+    def margins(self) -> torch.Tensor:
+        return self.weight.detach().double()
+
     def sample(self, batch: int) -> torch.Tensor:
         return trainable_gate(self.weight, M=self.M, shape=self.shape).unsqueeze(0).expand(batch, -1)
 
@@ -329,6 +342,9 @@ class StaticDependentGate(DependentGate):
     def probs(self) -> torch.Tensor:
         return self._channels(self.static.probs().unsqueeze(0))[0]
 
+    def margins(self) -> torch.Tensor:
+        return self._channels(self.static.margins().unsqueeze(0))[0]
+
     def sample_from(self, x: torch.Tensor) -> torch.Tensor:
         return super().sample_from(x) * self._channels(self.static.sample(x.shape[0]))
 
@@ -414,6 +430,9 @@ class BlockGate(Gate):
 
     def probs(self) -> torch.Tensor:
         return self.inner.probs()[self.assign]
+
+    def margins(self) -> torch.Tensor:
+        return self.inner.margins()[self.assign]
 
     def sample(self, batch: int) -> torch.Tensor:
         return self.inner.sample(batch)[:, self.assign]
@@ -568,6 +587,10 @@ class GateSet(nn.Module):
 
     def probs(self) -> list[torch.Tensor]:
         return [g.probs() for g in self.gates]
+
+    def margins(self) -> list[torch.Tensor]:
+        """Per group, `Gate.margins()`: the gates' order without float32's saturation."""
+        return [g.margins() for g in self.gates]
 
     def units(self) -> list[list[list[int]] | None]:
         """Per group, the channel blocks that move together (None: each channel on its own)."""

@@ -89,6 +89,10 @@ class LearnConfig(TrainConfig):
     max_learn_share: float = 0.5
     project: bool = True  # after freezing, move the plan's cost onto the target if it is further than:
     project_tolerance: float | None = None  # None: ready_tolerance; 0: always (the cost ends at the target or below)
+    # the projection's order: "margin" (the gates' logit gaps, `GateSet.margins()`) or "prob" (their
+    # probabilities, the order before 2026-12-04: polarized gates tie at 1.0 in float32, and the ties
+    # fell to the earliest groups first; the committed Lite0 runs never reached a tie)
+    project_by: str = "margin"
     finetune_lr: float | None = None  # None: `lr`
     finetune_schedule: str = "onecycle"
     calibrate_bn: int = 0

@@ -274,6 +274,8 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         if config.granularity == "layer":
             gate_config["granularity"] = "layer"
     gates = GateSet(graph, kind=config.gate, tau=config.tau, config=gate_config)
+    if config.project_by not in ("margin", "prob"):
+        raise ChanpruneError(f"project_by {config.project_by!r}: choose margin or prob")
     if config.gate_init not in ("uniform", "norm"):
         raise ChanpruneError(f"--gate-init {config.gate_init!r}: choose uniform or norm")
     if block > 1 and ckpt is None:  # a block holds channels of like importance (the weights' group norm)
@@ -325,7 +327,9 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         if config.project:
             tol = config.ready_tolerance if config.project_tolerance is None else config.project_tolerance
             plan = project_plan(plan, graph, cost, config.target, tolerance=tol, min_keep=config.min_keep,
-                                units=gates.units(), whole=frozenset(gates.config.get("layers") or ()))
+                                units=gates.units(), whole=frozenset(gates.config.get("layers") or ()),
+                                scores=([m.cpu().tolist() for m in gates.margins()]
+                                        if getattr(config, "project_by", "margin") == "margin" else None))
             if "projected" in plan.meta:
                 frozen["projected"] = plan.meta["projected"]
     else:

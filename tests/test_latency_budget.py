@@ -95,11 +95,38 @@ def test_block_gates_keep_aligned_counts_and_rank_by_score():
     assert unaligned_groups(plan, graph, 4) == 0
 
 
-def test_projection_moves_whole_blocks(resnet):
+def _block_gates(resnet, seed: int):
+    """The fixture's latency cost and Gumbel gates over blocks of 4, with the RNG at `seed`."""
     model, x, graph, table = resnet
-    cost = make_cost("latency", model, x, graph, lut=table)
-    gates = GateSet(graph, config={"block": 4})
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
+    return graph, make_cost("latency", model, x, graph, lut=table), GateSet(graph, config={"block": 4})
+
+
+def test_projection_ranks_polarized_gates_by_their_margins(resnet):
+    """Once the gates polarize every kept probability is 1.0 in float32: ranked by it, the projection
+    dropped the earliest groups' blocks first. By the logit gaps it drops the least certain ones."""
+    graph, cost, gates = _block_gates(resnet, 2)
+    with torch.no_grad():
+        for g in gates.gates:
+            g.inner.logits[:, 0] = 0.0
+            g.inner.logits[:, 1] = 40.0 + 20.0 * torch.rand(g.inner.logits.shape[0])  # all saturated
+        weak = gates.gates[-1].inner.logits
+        weak[:, 1] = 25.0  # the last group's blocks: the smallest gaps
+    assert all(bool((p == 1.0).all()) for p in gates.probs())
+    margins = gates.margins()
+    assert margins[-1].max() < min(float(m.min()) for m in margins[:-1])
+    plan = freeze(graph, gates.probs(), cost=cost)
+    by_prob = project_plan(plan, graph, cost, 0.95, tolerance=0.0, units=gates.units())
+    by_margin = project_plan(plan, graph, cost, 0.95, tolerance=0.0, units=gates.units(),
+                             scores=[m.tolist() for m in margins])
+    changed = lambda out: [i for i, (a, b) in enumerate(zip(plan.groups, out.groups)) if a.keep != b.keep]  # noqa: E731
+    assert changed(by_prob)[0] == 0  # the tie fell to group order
+    assert changed(by_margin) == [len(graph.groups) - 1]
+    assert cost.ratio(by_margin) <= 0.95 and cost.ratio(by_prob) <= 0.95
+
+
+def test_projection_moves_whole_blocks(resnet):
+    graph, cost, gates = _block_gates(resnet, 1)
     with torch.no_grad():
         for g in gates.gates:
             g.inner.logits[:, 1] += 3.0  # nearly all open: far above a target of 0.5
