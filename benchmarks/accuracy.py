@@ -78,6 +78,9 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
                   names it
   cp-latency-norm cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`,
                   default uniform: nearly open); only when --methods names it
+  cp-latency-fw1  cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0: among plans of about the
+                  target latency, lean to those that keep more FLOPs; benchmarks/flops_weight.py); only
+                  when --methods names it
 Test accuracy is on the whole test split at 64 px, of the exported slim model. Every method's batch
 norms are re-estimated on 100 batches after training (`export --calibrate-bn 100`; for Torch-Pruning
 the same `calibrate_bn_`): Lite0's batch norms have momentum 0.01 (TensorFlow's 0.99), so after a
@@ -476,9 +479,10 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
 
 
 LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp",
-                   "cp-latency-ls0.25", "cp-latency-norm"]
+                   "cp-latency-ls0.25", "cp-latency-norm", "cp-latency-fw1"]
 # cp-latency with other `learn` options, run only when --methods names them
-LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"]}
+LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"],
+                    "cp-latency-fw1": ["--flops-weight", "1"]}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
@@ -576,6 +580,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
         x224 = export(run / "model.pt", run / "slim224", "--input-shape", deploy, "--round-to", round_to, "--lut", str(lut))
         ratio, spread = timed(x224["onnx"])
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        ckpt = torch.load(run / "model.pt", weights_only=True)
         return rows.add({
             "key": key, "suite": "latency", "arch": arch, "setup": tag, "latency_target": t, "seed": seed,
             **on["fields"], "method": method, "flops_ratio": x224["flops_ratio"], "params_slim": x224["params_slim"],
@@ -586,6 +591,9 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
             "epochs": a.epochs, "limit": a.limit, "exact": slim.get("exact") and x224.get("exact"),
             "bn_batches": BN_BATCHES,
             **first_crossing(hist),
+            # the projection's order (LearnConfig.project_by: margin since 2026-12-04; rows before it: prob)
+            "project_by": (ckpt.get("learn_config") or {}).get("project_by", "prob"),
+            "projected": ((ckpt.get("plan") or {}).get("meta") or {}).get("projected"),
             "command": "chanprune " + " ".join(args + ["--out", str(run)]),
         })
 

@@ -263,6 +263,41 @@ def ceiling_section() -> list[str]:
     return out + [""]
 
 
+def flops_weight_section() -> list[str]:
+    rows = load("flops_weight")
+    plans = [r for r in rows if r.get("kind") == "plan"]
+    if not plans:
+        return []
+    lat = {(r["arch"], r["target"], r["method"], r["batch"]): r for r in rows if r.get("kind") == "latency"}
+    out = ["#### Rewarding kept FLOPs under the latency budget", "",
+           ("`python benchmarks/flops_weight.py --archs A --targets t --weights 0,1` (rows: "
+            "`benchmarks/results/flops_weight.jsonl`): the grid's cp-latency learn (its baseline, table and command: "
+            "one epoch at 64 px, plans only) with `--flops-weight W`, which subtracts W x the sampled FLOPs ratio "
+            "from the loss (0: off, the default), all W learned from the same baseline and timed against dense in "
+            "one interleaved run per batch size at 1x3x224x224 (a row with `--logit-bound` was learned and timed "
+            "against dense after the others, `--logit-bound B`). Projected: the table's latency ratio after the "
+            "projection. Polarized: the share of gates below 0.05 or above 0.95 when learning ended. Val: accuracy on "
+            "the validation subset of the projected plan, before any fine-tuning. "
+            f"Bold: efficiency >= 1.0. Machine: {machines(plans)}."), "",
+           "| arch | target | --flops-weight | polarized | projected latency | FLOPs | val | measured latency b1 / b32 | "
+           "speedup b1 / b32 (predicted) | efficiency b1 / b32 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in plans:
+        m = r.get("method") or f"fw{r['flops_weight']:g}"
+        got = [lat.get((r["arch"], r["target"], m, b)) for b in (1, 32)]
+        ml = " / ".join(f"{1 / g['speedup']:.3f}" if g else "-" for g in got)
+        sp = " / ".join(f"{g['speedup']:.2f}x ({g['predicted_speedup']:.2f}x)" if g and g.get("predicted_speedup")
+                        else "-" for g in got)
+        ef = " / ".join((f"**{g['efficiency']:.2f}**" if g['efficiency'] >= 1.0 else f"{g['efficiency']:.2f}")
+                        if g else "-" for g in got)
+        val = f"{100 * r['val_accuracy']:.2f}" if r.get("val_accuracy") is not None else "-"
+        bound = f" (--logit-bound {r['logit_bound']:g})" if r.get("logit_bound") else ""
+        pol = f"{100 * r['polarized']:.1f}%" if r.get("polarized") is not None else "-"
+        out.append(f"| {r['arch']} | {r['target']} | {r['flops_weight']:g}{bound} | {pol} | {r['latency_projected']:.3f} | "
+                   f"{r['flops_ratio_224']:.3f} | {val} | {ml} | {sp} | {ef} |")
+    return out + [""]
+
+
 def why_section() -> list[str]:
     rows = load("why")
     if not rows:
@@ -523,7 +558,8 @@ def latency_accuracy_section() -> list[str]:
             "cp-latency-ls0.25: cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share "
             "0.25`, default half), so that the slim model fine-tunes for three quarters; cp-latency-norm: "
             "cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`, default "
-            "uniform). Baseline: its weights' "
+            "uniform); cp-latency-fw1: cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0; "
+            "`benchmarks/flops_weight.py`). Baseline: its weights' "
             "digest and day; the suite retrains it where its file is missing, and on another CPU the same command can "
             "train other bits, so a retrained baseline starts its own block: its runs are neither averaged nor "
             "paired with another baseline's. Train time: the "
@@ -950,7 +986,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + ceiling_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + ceiling_section() + flops_weight_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():

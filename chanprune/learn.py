@@ -72,6 +72,11 @@ class LearnConfig(TrainConfig):
     # (the sampled cost flips around the target every few steps) held polarization near 80%
     # (benchmarks/lam_rate.py --restarts)
     gate_restart: bool = True
+    # with a budget other than FLOPs: subtract flops_weight x the sampled FLOPs ratio from the loss, so
+    # that among plans of about the target's cost the gates lean to those that keep more FLOPs (the
+    # latency budget's efficiency, speedup x FLOPs ratio); 0: off. On Lite0 it moved the FLOPs
+    # little and the measured efficiency within noise (benchmarks/flops_weight.py)
+    flops_weight: float = 0.0
     dependent_gate_lr: float = 0.01  # Adam on a data-dependent gate's network (an MLP, not logits)
     # data-dependent gates: learn them for `max_learn_share` of the budget, then freeze the gate network
     # and fine-tune the weights under its threshold decisions (each input's own) for the rest
@@ -249,12 +254,13 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
         resume: LoopState | None = None, earlier_rows: list[dict] = (),
         progress: Callable[[str, dict], None] | None = None, device: str = "cpu", rank: int = 0, world: int = 1,
         wrapped: nn.Module | None = None, distill: Distill | None = None,
-        stop_when: Callable[[int], str | None] | None = None) -> LoopState:
+        stop_when: Callable[[int], str | None] | None = None, reward: Cost | None = None) -> LoopState:
     """Train `model` (and `gates` under `cost`'s budget when both are given, with `config` a LearnConfig).
 
     With a `checkpointer`, `model.pt` is written every epoch and on SIGINT and `metrics.jsonl` grows by
     one row per epoch; `resume` (a checkpoint's loop state) continues exactly where it stopped.
-    `distill` mixes a teacher's term into the loss. `stop_when(steps_done)` is asked after every
+    `distill` mixes a teacher's term into the loss; `reward` (a cost, the FLOPs) is subtracted from it
+    at `config.flops_weight`. `stop_when(steps_done)` is asked after every
     step; a reason ends training there (the partial epoch is validated and logged, and the reason
     is `loop.stopped`).
     """
@@ -269,7 +275,7 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
         total_steps = min(total_steps, config.max_steps)
     opts, scheds = _optimizers(model, gates, config, total_steps)
     objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=lambda_rate(config, total_steps),
-                                 distill=distill)
+                                 distill=distill, reward=(reward, getattr(config, "flops_weight", 0.0)) if reward else None)
                  if learning else CrossEntropy(distill))
     anneal = _annealer(gates, config, total_steps) if learning else None
     loop = LoopState(lam=getattr(config, "lam", 0.0))

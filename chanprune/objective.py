@@ -82,20 +82,31 @@ class BudgetObjective:
     `side` is where the last step's rate stood (+1 above the target, -1 at or below, 0 before the
     first step), and `crossed` whether that step moved it across the target: `fit` restarts the
     gates' momentum there.
+
+    `reward` (a cost and its weight w) subtracts w * that cost's ratio under the same masks: with a
+    latency budget and the FLOPs cost, among plans of about the same latency the gates lean to those
+    that keep more FLOPs (efficiency = speedup x FLOPs ratio), where the task term does not object.
     """
 
     def __init__(self, cost: Cost, target: float, *, lam: float = 5.0, lam_rate: float = 0.05,
-                 distill: Distill | None = None):
+                 distill: Distill | None = None, reward: tuple[Cost, float] | None = None):
         self.cost, self.target, self.floor, self.rate = cost, target, lam, lam_rate
         self.lam = lam
         self.distill = distill
+        self.reward = reward if reward is not None and reward[1] != 0.0 else None
         self.side, self.crossed = 0, False
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor, masks: list[torch.Tensor], *,
                  inputs=None) -> tuple[torch.Tensor, dict]:
         task, stats = task_loss(logits, y, inputs, self.distill)
         penalty, rate = budget_loss(self.cost, masks, self.target)
-        return task + self.lam * penalty, {**stats, "rate": rate.detach()}
+        loss = task + self.lam * penalty
+        if self.reward is not None:
+            other, weight = self.reward
+            kept = torch.as_tensor(other.ratio_of(masks)).mean()
+            loss = loss - weight * kept
+            stats = {**stats, "reward": kept.detach()}
+        return loss, {**stats, "rate": rate.detach()}
 
     def update(self, stats: dict) -> None:
         """One dual-ascent step on lambda after an optimizer step."""

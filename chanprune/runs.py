@@ -258,6 +258,12 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
                              "; ".join(f"{u['name']}: {u['reason']}" for u in graph.unsupported[:3]))
     cost, block = _make_cost(config, ckpt, arch, model, x, graph, shape, progress)
     config = dataclasses.replace(config, block=block)
+    if not config.flops_weight >= 0:  # NaN too
+        raise ChanpruneError(f"--flops-weight must be >= 0, got {config.flops_weight}")
+    if config.flops_weight and config.budget == "flops":
+        raise ChanpruneError("--flops-weight rewards kept FLOPs under another budget (latency); under --budget flops "
+                             "it would only fight the target")
+    reward = make_cost("flops", model, x, graph) if config.flops_weight else None
     floor = cost.floor()
     if config.target < floor + 0.01:
         raise ChanpruneError(f"--target {config.target} is below what {arch} can reach: its ungated layers alone "
@@ -312,7 +318,7 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
         loop = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
                    gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress, device=device,
                    rank=rank, world=world, wrapped=_wrap(model, gates, world, device), distill=distill,
-                   stop_when=ready)
+                   stop_when=ready, reward=reward)
         learn_history = loop.history
         learned = sum(r.get("steps", steps_per_epoch) for r in learn_history)
         frozen = {"reason": loop.stopped or "epochs", "steps": learned, "epochs": round(learned / steps_per_epoch, 3),

@@ -136,6 +136,10 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 @click.option("--gate-restart/--no-gate-restart", default=True, show_default=True,
               help="When the cost first crosses the target, zero the gate logits' Adam momentum (a restart), "
                    "so the gates turn there instead of coasting past it.")
+@click.option("--flops-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --budget latency: subtract W x the sampled FLOPs ratio from the loss, so that among plans "
+                   "of about the target latency the gates lean to those that keep more FLOPs (a higher "
+                   "efficiency). 0: off.")
 @click.option("--dependent-gate-lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Learning rate (Adam) of a data-dependent gate's network (--gate dependent, static+dependent).")
 @click.option("--dependent-finetune", is_flag=True,
@@ -179,7 +183,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
               help="Keep at least K channels in each group that keeps any (a group may still collapse whole).")
 @handle_errors
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
-          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, logit_bound, gate_restart, dependent_gate_lr, dependent_finetune, lam, lam_rate, tau, finetune_epochs, finetune_lr,
+          resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, logit_bound, gate_restart, flops_weight, dependent_gate_lr, dependent_finetune, lam, lam_rate, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
           project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
@@ -194,7 +198,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
         raise BadInput(f"--block {block!r}: give auto or a positive integer")
     rate = _auto_or_positive(lam_rate, "--lam-rate")
     out = _run_dir(out, data, "learn", f"{arch}-t{target:g}", resume)
-    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, logit_bound=logit_bound or None, gate_restart=gate_restart, dependent_gate_lr=dependent_gate_lr, dependent_finetune=dependent_finetune, lam=lam, lam_rate=rate, seed=seed, target=target,
+    cfg = LearnConfig(lut=lut, block=None if block == "auto" else int(block), epochs=epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr, logit_bound=logit_bound or None, gate_restart=gate_restart, flops_weight=flops_weight, dependent_gate_lr=dependent_gate_lr, dependent_finetune=dependent_finetune, lam=lam, lam_rate=rate, seed=seed, target=target,
                       budget=budget, gate=gate, granularity=granularity, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,

@@ -257,6 +257,21 @@ def test_why_table_names_each_rows_target(monkeypatch):
     assert "| latency_budget | resnet18 | 0.5 | cp-latency |" in text
 
 
+def test_flops_weight_table_pairs_each_plan_with_its_timings(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    plan = lambda w, fl: {"key": f"plan/lite/t0.5/fw{w:g}", "kind": "plan", "arch": "lite", "target": 0.5,  # noqa: E731
+                          "flops_weight": w, "latency_projected": 0.5, "flops_ratio_224": fl, "val_accuracy": 0.8,
+                          "polarized": 0.99}
+    lat = lambda w, b, sp, fl: {"kind": "latency", "arch": "lite", "target": 0.5, "method": f"fw{w:g}", "batch": b,  # noqa: E731
+                                "speedup": sp, "predicted_speedup": 2.0, "efficiency": sp * fl}
+    rows = [plan(0, 0.4), plan(1, 0.55), lat(0, 1, 2.0, 0.4), lat(0, 32, 2.0, 0.4), lat(1, 1, 2.0, 0.55)]
+    monkeypatch.setattr(report, "load", lambda name: rows if name == "flops_weight" else [])
+    text = "\n".join(report.flops_weight_section())
+    assert "| lite | 0.5 | 0 | 99.0% | 0.500 | 0.400 | 80.00 | 0.500 / 0.500 | 2.00x (2.00x) / 2.00x (2.00x) | 0.80 / 0.80 |" in text
+    assert "| lite | 0.5 | 1 | 99.0% | 0.500 | 0.550 | 80.00 | 0.500 / - | 2.00x (2.00x) / - | **1.10** / - |" in text
+
+
 def test_table_greedy_keeps_the_flops_the_cost_makes_cheap(monkeypatch):
     """benchmarks/ceiling.py's greedy: the plan at a cost ratio keeps more FLOPs than uniform pruning,
     drops in order (any prefix is the plan at its ratio), and keeps a block of every essential group."""

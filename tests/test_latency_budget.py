@@ -57,6 +57,47 @@ def test_latency_cost_is_the_table_and_differentiable(resnet):
     assert float(cost.ratio_of([torch.zeros(g.size) for g in graph.groups])) == pytest.approx(cost.floor())
 
 
+def test_flops_reward_is_subtracted_and_pulls_toward_flops(resnet):
+    from chanprune.objective import BudgetObjective
+
+    model, x, graph, table = resnet
+    lat, flops = make_cost("latency", model, x, graph, lut=table), make_cost("flops", model, x, graph)
+    logits, y = torch.randn(3, 10), torch.tensor([1, 2, 3])
+    soft = [torch.full((3, g.size), 0.6, requires_grad=True) for g in graph.groups]
+    plain = BudgetObjective(lat, 0.5, lam=5.0)
+    rewarded = BudgetObjective(lat, 0.5, lam=5.0, reward=(flops, 2.0))
+    assert BudgetObjective(lat, 0.5, reward=(flops, 0.0)).reward is None  # weight 0: the plain objective
+    a, _ = plain(logits, y, soft)
+    b, stats = rewarded(logits, y, soft)
+    kept = flops.ratio_of(soft).mean()
+    assert float(b) == pytest.approx(float(a) - 2.0 * float(kept)) and float(stats["reward"]) == pytest.approx(float(kept))
+    ga = torch.autograd.grad(a, soft[0])[0]
+    gb = torch.autograd.grad(b, soft[0])[0]
+    assert (gb < ga).all()  # every channel's FLOPs pull it open: a lower gradient on its mask
+
+
+def test_flops_weight_keeps_more_flops_at_the_same_latency(tmp_path):
+    """A table where layer3's layers take 6x their FLOPs' time: the reward moves the cut there."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=3)
+    x = torch.zeros(1, 3, 8, 8)
+    table = synthetic_table(model, x, block=4, batch_sizes=(1,), arch="resnet20")
+    for layer in table.layers:
+        if layer.module.startswith("layer3"):
+            layer.ms = {b: [[v * 6 for v in row] for row in grid] for b, grid in layer.ms.items()}
+    lut = table.save(tmp_path / "lut.json")
+    got = {}
+    for w in (0, 1):
+        out = tmp_path / f"fw{w}"
+        res = json.loads(run("learn", "--arch", "resnet20", "--data", "digits", "--target", 0.5, "--epochs", 2,
+                             "--batch-size", 64, "--budget", "latency", "--lut", lut, "--flops-weight", w,
+                             "--out", out, "--json").stdout)
+        assert abs(res["cost_ratio"] - 0.5) <= 0.05
+        assert torch.load(out / "model.pt", weights_only=True)["learn_config"]["flops_weight"] == w
+        got[w] = json.loads(run("export", out / "model.pt", "--no-onnx", "--out", tmp_path / f"x{w}", "--json").stdout)
+    assert got[1]["flops_ratio"] > got[0]["flops_ratio"] + 0.1, (got[0]["flops_ratio"], got[1]["flops_ratio"])
+
+
 def test_table_round_trip_and_machine_warning(resnet, tmp_path):
     _, _, _, table = resnet
     path = table.save(tmp_path / "lut.json")
@@ -201,6 +242,8 @@ def test_lut_auto_profiles_the_model_being_learned(tmp_path, monkeypatch):
     (["--lut", "lut.json"], "only for --budget latency"),
     (["--block", "0"], "--block"),
     (["--block", "abc"], "--block"),
+    (["--flops-weight", "1"], "--flops-weight"),  # under the FLOPs budget it would fight the target
+    (["--budget", "latency", "--lut", "lut.json", "--flops-weight", "-1"], "--flops-weight"),
 ])
 def test_learn_latency_bad_inputs(resnet, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
