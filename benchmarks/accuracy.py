@@ -540,13 +540,7 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
     grid = Path("runs/bench/latency_budget")
     base = lb.baseline(arch, grid, argparse.Namespace(limit=12800, base_epochs=2))
     lut = lb.profile(arch, base, grid)
-    dense_onnx = grid / f"{arch}_dense" / "model.onnx"
-    if not dense_onnx.is_file():
-        from chanprune.export import export_onnx
-        from chanprune.load import load_dense
-
-        dense_onnx.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
+    dense_onnx = lb.dense_onnx(arch, base, grid)
     tag = f"{setup_tag(a.limit, a.epochs)}-bn{BN_BATCHES}"
     other = baseline_row(rows, arch, base, suite="latency",
                          more=lambda: {f"test_accuracy_bn{BN_BATCHES}": baseline_bn_accuracy(base, BN_BATCHES)})

@@ -25,7 +25,7 @@ import argparse
 import json
 
 import latency_budget as lb
-from _common import Rows, export, measure_vs_dense
+from _common import Rows, export
 
 
 def method(w: float, bound: float = 0.0) -> str:
@@ -51,13 +51,7 @@ def main():
     for arch in a.archs.split(","):
         base = lb.baseline(arch, a.out, a)
         lut = lb.profile(arch, base, a.out)
-        dense_onnx = a.out / f"{arch}_dense" / "model.onnx"
-        if not dense_onnx.is_file():
-            from chanprune.export import export_onnx
-            from chanprune.load import load_dense
-
-            dense_onnx.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(load_dense(base)[0].eval(), torch.zeros(lb.DEPLOY), dense_onnx)
+        dense_onnx = lb.dense_onnx(arch, base, a.out)
         for t in [float(s) for s in a.targets.split(",")]:
             variants = {}
             for w in weights:
@@ -69,10 +63,9 @@ def main():
                 key = f"plan/{arch}/t{t}/{m}"
                 if key not in rows:
                     fr = got["frozen"]
-                    config = torch.load(run / "model.pt", weights_only=True).get("learn_config") or {}
                     rows.add({"key": key, "kind": "plan", "arch": arch, "target": t, "flops_weight": w,
                               "logit_bound": a.logit_bound or None, "method": m,
-                              "project_by": config.get("project_by", "prob"),
+                              "project_by": got["config"].get("project_by", "prob"),
                               "lam_rate": got["learning"].get("lambda_rate"),
                               "first_crossing": got["learning"].get("first_crossing"),
                               "polarized": fr.get("polarized"),
@@ -84,9 +77,7 @@ def main():
                 if any(f"lat/{arch}/t{t}/{m}/b{b}" not in rows for b in lb.BATCHES):
                     variants[m] = {**x, "predicted_speedup": (x.get("predicted_speedup") or {}).get("by_batch")}
             if variants:
-                measure_vs_dense(rows, arch, t, variants, dense_onnx, lb.BATCHES, lb.DEPLOY, lb.TIMING,
-                                 lambda v, b: {"params_slim": v.get("params_slim"),
-                                               "predicted_speedup": (v.get("predicted_speedup") or {}).get(str(b))})
+                lb.measure(rows, arch, t, variants, dense_onnx)
             for w in weights:
                 m = method(w, a.logit_bound)
                 p = rows.get(f"plan/{arch}/t{t}/{m}")

@@ -66,6 +66,20 @@ def profile(arch: str, base: Path, out: Path, *extra: str, suffix: str = "") -> 
     return lut
 
 
+def dense_onnx(arch: str, base: Path, out: Path) -> Path:
+    """The baseline's dense ONNX at DEPLOY, `{arch}_dense/model.onnx` in `out`, exported if missing."""
+    path = out / f"{arch}_dense" / "model.onnx"
+    if not path.is_file():
+        import torch
+
+        from chanprune.export import export_onnx
+        from chanprune.load import load_dense
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(load_dense(base)[0].eval(), torch.zeros(DEPLOY), path)
+    return path
+
+
 def learn(arch: str, base: Path, run: Path, a, *extra: str) -> dict:
     args = ["learn", "--arch", arch, "--weights", str(base), "--data", "fashion-mnist", "--seed", "0",
             "--image-size", str(LEARN["image_size"]), "--limit", str(a.limit), "--batch-size", str(LEARN["batch_size"]),
@@ -79,6 +93,7 @@ def learn(arch: str, base: Path, run: Path, a, *extra: str) -> dict:
     learning = [h for h in hist if "lambda" in h]  # the epochs that learned gates: lambda, its rate, polarization
     return {"command": "chanprune " + " ".join(args + ["--out", str(run)]), "seconds": round(time.perf_counter() - t0, 1),
             "result": ckpt.get("result") or {}, "frozen": ckpt.get("frozen") or {},
+            "config": ckpt.get("learn_config") or {},
             "projected": (ckpt.get("plan") or {}).get("meta", {}).get("projected"),
             "learning": learning[-1] if learning else {}}
 
@@ -195,14 +210,7 @@ def main():
         lut = profile(arch, base, a.out, *(["--no-cache"] if a.no_cache else []))
         table = json.loads(lut.read_text())
         block = table["block"]
-        dense_dir = a.out / f"{arch}_dense"
-        if not (dense_dir / "model.onnx").is_file():
-            from chanprune.export import export_onnx
-            from chanprune.load import load_dense
-
-            dense_dir.mkdir(parents=True, exist_ok=True)
-            export_onnx(load_dense(base)[0].eval(), torch.zeros(DEPLOY), dense_dir / "model.onnx")
-        dense_onnx = dense_dir / "model.onnx"
+        dense = dense_onnx(arch, base, a.out)
         for t in [float(s) for s in a.targets.split(",")]:
             key = f"plan/{arch}/t{t}"
             run = a.out / f"{arch}_t{t}"
@@ -237,10 +245,10 @@ def main():
             variants = {"cp-latency": speed(ours_x), "cp-latency-b1-r16": speed(unal_x), "cp-flops-r16": speed(fl_x),
                         "tp-r16@flops": tp_at_flops(base, ours_x["flops_ratio"], run / "tp_flops")}
             # cp-latency's measured batch-1 latency ratio sets the Torch-Pruning latency match
-            first = measure(rows, arch, t, variants, dense_onnx)
-            variants["tp-r16@latency"] = tp_at_latency(base, dense_onnx, 1 / first[("cp-latency", 1)]["speedup"],
+            first = measure(rows, arch, t, variants, dense)
+            variants["tp-r16@latency"] = tp_at_latency(base, dense, 1 / first[("cp-latency", 1)]["speedup"],
                                                        run / "tp_latency")
-            measure(rows, arch, t, {"tp-r16@latency": variants["tp-r16@latency"]}, dense_onnx)
+            measure(rows, arch, t, {"tp-r16@latency": variants["tp-r16@latency"]}, dense)
 
 
 if __name__ == "__main__":

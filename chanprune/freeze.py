@@ -118,7 +118,7 @@ def project_plan(plan: PrunePlan, graph: ChannelGraph, cost: Cost, target: float
     above = r0 > target
     cands = []  # (score, group index, first channel, channels)
     for gi, gp in enumerate(plan.groups):
-        rank = ([float(v) for v in scores[gi]] if scores is not None and scores[gi] is not None else gp.probs)
+        rank = gp.probs if scores is None else scores[gi]
         g = graph.group(gp.name)
         one = gp.name in whole
         blocks = ([list(range(gp.size))] if one else
