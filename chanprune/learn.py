@@ -106,6 +106,10 @@ class LearnConfig(TrainConfig):
     distill_weight: float = 0.5
     teacher: str | None = None  # the weights the teacher was built from (recorded by `learn_run`)
     gate_init: str = "uniform"  # "uniform" (the authors' logits) or "norm" (from the weights' group norm)
+    # learn the gates with the weights fixed where the run started (batch norms still use batch
+    # statistics); the weights train only in fine-tuning, from there: the plan is chosen for the weights
+    # it will start from, and no learning step moves a weight under a sampled mask
+    fix_weights: bool = False
     gate_temperature_final: float | None = None  # anneal the Gumbel temperature to this over the learning
     lut: str | None = None  # the latency table of budget "latency" (a file, or "auto": profile first)
     # Gate blocks of this many channels (kept counts aligned by construction); None: auto, the
@@ -208,9 +212,10 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, opts
 
 
 def _optimizers(model: nn.Module, gates: GateSet | None, config: TrainConfig, total_steps: int):
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.weight_decay,
-               "lr": config.lr}]
-    opts = [torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)]
+    # the weights' SGD comes first when there is one (`fix_weights` learns the gates alone)
+    weights = [p for p in model.parameters() if p.requires_grad]
+    opts = ([torch.optim.SGD([{"params": weights, "weight_decay": config.weight_decay, "lr": config.lr}],
+                             lr=config.lr, momentum=config.momentum)] if weights else [])
     if gates is not None:
         # The budget's gradient on one gate scales like 1/|G| (one channel's share of the cost), so
         # SGD would need a learning rate per architecture; Adam's step size does not depend on it.
@@ -230,8 +235,8 @@ def _optimizers(model: nn.Module, gates: GateSet | None, config: TrainConfig, to
         if groups:
             opts.append(torch.optim.Adam(groups, lr=config.gate_lr, weight_decay=wd))
     # The weights follow `config.schedule`; the gates keep their step size, so they go on polarizing.
-    scheds = [_schedule(opts[0], config.schedule, max(1, total_steps))]
-    scheds += [torch.optim.lr_scheduler.ConstantLR(o, factor=1.0) for o in opts[1:]]
+    scheds = [_schedule(opts[0], config.schedule, max(1, total_steps))] if weights else []
+    scheds += [torch.optim.lr_scheduler.ConstantLR(o, factor=1.0) for o in opts[1 if weights else 0:]]
     return opts, scheds
 
 
@@ -274,6 +279,7 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     opts, scheds = _optimizers(model, gates, config, total_steps)
+    weights_train = any(p.requires_grad for p in model.parameters())
     objective = (BudgetObjective(cost, config.target, lam=config.lam, lam_rate=lambda_rate(config, total_steps),
                                  distill=distill, reward=(reward, getattr(config, "flops_weight", 0.0)) if reward else None)
                  if learning else CrossEntropy(distill))
@@ -317,8 +323,9 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                             gates.bound_(getattr(config, "logit_bound", None))
                             if objective.crossed and loop.first_crossing is None:
                                 loop.first_crossing = done + 1
-                                if getattr(config, "gate_restart", False) and len(opts) > 1:
-                                    restart_momentum(opts[1])
+                                if getattr(config, "gate_restart", False):
+                                    for o in opts:  # only the group marked "logits" restarts
+                                        restart_momentum(o)
                     except TrainingError as e:
                         raise TrainingError(f"at epoch {loop.epoch + 1}, step {loop.step + 1}: {e}") from None
                     loop.step += 1
@@ -342,7 +349,7 @@ def fit(model: nn.Module, data_train: Split, data_val: Split, config: TrainConfi
                 n = max(sums["n"], 1)
                 row = {"epoch": loop.epoch + 1, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
                        "train_acc": sums["correct"] / n, "epoch_seconds": time.perf_counter() - t0,
-                       "lr": scheds[0].get_last_lr()[0], "steps": loop.step}
+                       "lr": scheds[0].get_last_lr()[0] if weights_train else 0.0, "steps": loop.step}
                 if loop.stopped is not None:
                     row["stopped"] = loop.stopped
                 if learning:

@@ -315,10 +315,18 @@ def learn_run(*, arch: str, data: str, out: Path | None, config: LearnConfig, we
     frozen = ckpt.frozen if ckpt is not None else None
     if ckpt is None or ckpt.stage == "learn":
         ready = _Readiness(gates, cost, config, budget) if auto else None
-        loop = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
-                   gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress, device=device,
-                   rank=rank, world=world, wrapped=_wrap(model, gates, world, device), distill=distill,
-                   stop_when=ready, reward=reward)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if config.fix_weights:  # the gates learn alone; the weights train in fine-tuning
+            for p in trainable:
+                p.requires_grad_(False)
+        try:
+            loop = fit(model, bundle.train, bundle.val, config, checkpointer=Checkpointer(out, template, rank=rank),
+                       gates=gates, cost=cost, resume=ckpt.loop if ckpt else None, progress=progress, device=device,
+                       rank=rank, world=world, wrapped=_wrap(model, gates, world, device), distill=distill,
+                       stop_when=ready, reward=reward)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
         learn_history = loop.history
         learned = sum(r.get("steps", steps_per_epoch) for r in learn_history)
         frozen = {"reason": loop.stopped or "epochs", "steps": learned, "epochs": round(learned / steps_per_epoch, 3),

@@ -174,6 +174,9 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                    "off; it ends at the target or below).")
 @click.option("--gate-init", type=click.Choice(["uniform", "norm"]), default="uniform", show_default=True,
               help="Start the gates nearly open (uniform) or graded by the weights' group norm.")
+@click.option("--fix-weights", is_flag=True,
+              help="Learn the gates with the weights fixed where the run starts; the weights train only in "
+                   "fine-tuning, from there (a plan chosen for the weights it starts from).")
 @click.option("--gate-temperature-final", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Anneal the Gumbel temperature from 1 to this over the learning steps.")
 @click.option("--calibrate-bn", type=click.IntRange(min=0), default=0, show_default=True,
@@ -185,7 +188,7 @@ def train(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
 def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, image_size, device, limit,
           resume, as_json, weights, target, budget, lut, block, gate, granularity, lr, gate_lr, logit_bound, gate_restart, flops_weight, dependent_gate_lr, dependent_finetune, lam, lam_rate, tau, finetune_epochs, finetune_lr,
           finetune_schedule, distill, distill_temperature, distill_weight, max_learn_share, project,
-          project_tolerance, gate_init, gate_temperature_final, calibrate_bn, ignore, min_keep):
+          project_tolerance, gate_init, fix_weights, gate_temperature_final, calibrate_bn, ignore, min_keep):
     """Learn channel gates under one global target (Gumbel-softmax gates, Herrmann et al., ECCV 2020).
 
     Writes RUN/model.pt (a gated checkpoint, atomically every epoch and on Ctrl-C) and RUN/metrics.jsonl.
@@ -202,7 +205,7 @@ def learn(arch, data, out, epochs, batch_size, seed, num_classes, in_channels, i
                       budget=budget, gate=gate, granularity=granularity, tau=tau, min_keep=min_keep, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, finetune_schedule=finetune_schedule, distill=distill,
                       distill_temperature=distill_temperature, distill_weight=distill_weight, max_learn_share=max_learn_share, project=project,
-                      project_tolerance=project_tolerance, gate_init=gate_init,
+                      project_tolerance=project_tolerance, gate_init=gate_init, fix_weights=fix_weights,
                       gate_temperature_final=gate_temperature_final, calibrate_bn=calibrate_bn)
     rep = Reporter()
     res = _guarded(out, rep, lambda: learn_run(

@@ -391,3 +391,31 @@ def test_gate_restart_changes_a_run_only_where_its_cost_crosses_the_target(base,
         assert crossed is None and crossed_off is None and same
     else:
         assert crossed == crossed_off and 0 < crossed < 10 and not same
+
+
+def test_fix_weights_learns_the_gates_alone_and_the_weights_train_only_after_the_cut(base, tmp_path):
+    """--fix-weights: after learning, every weight is the baseline's bit for bit (batch-norm running
+    statistics still follow the batches) while the gates moved; with the whole budget the slim model
+    then fine-tunes from there, and the export reproduces the gated model."""
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    start = torch.load(base, weights_only=True)["state_dict"]
+    out = tmp_path / "gates-only"
+    run("learn", "--arch", "resnet20", "--weights", base, "--data", "digits", "--target", 0.5, "--epochs", 1,
+        "--finetune-epochs", 0, "--batch-size", 64, "--no-project", "--fix-weights", "--out", out)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["learn_config"]["fix_weights"] is True
+    weights = {k: v for k, v in ckpt["state_dict"].items() if not k.endswith(stats)}
+    assert weights and all(torch.equal(v, start[k]) for k, v in weights.items())
+    assert any(not torch.equal(v, start[k]) for k, v in ckpt["state_dict"].items() if k.endswith("running_mean"))
+    init = GumbelGate(1).logits.detach()[0]
+    moved = [v for k, v in ckpt["gate_state"].items() if k.endswith("logits")]
+    assert moved and any(not torch.allclose(v, init.expand_as(v)) for v in moved)
+
+    out = tmp_path / "whole"
+    res = json.loads(run("learn", "--arch", "resnet20", "--weights", base, "--data", "digits", "--target", 0.5,
+                         "--epochs", 4, "--batch-size", 64, "--fix-weights", "--out", out, "--json").stdout)
+    assert res["frozen"]["finetune_steps"] > 0
+    tuned = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(v, start[k]) for k, v in tuned.items() if k.endswith(".weight"))
+    exported = json.loads(run("export", out, "--no-onnx", "--json").stdout)
+    assert exported["exact"], exported
