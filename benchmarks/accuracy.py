@@ -76,11 +76,16 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
   cp-latency-ls0.25  cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share
                   0.25`, default 0.5), so the slim model fine-tunes for three quarters; only when --methods
                   names it
+  cp-latency-ls0.75  the other way: freezing at the latest after three quarters (`--max-learn-share 0.75`);
+                  only when --methods names it
   cp-latency-norm cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`,
                   default uniform: nearly open); only when --methods names it
   cp-latency-fw1  cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0: among plans of about the
                   target latency, lean to those that keep more FLOPs; benchmarks/flops_weight.py); only
                   when --methods names it
+  cp-latency-fixed cp-latency learning its gates with the weights fixed (`--fix-weights`): the weights
+                  train only after the cut, from the baseline's, like tp-r16+cp's; only when --methods
+                  names it
 Test accuracy is on the whole test split at 64 px, of the exported slim model. Every method's batch
 norms are re-estimated on 100 batches after training (`export --calibrate-bn 100`; for Torch-Pruning
 the same `calibrate_bn_`): Lite0's batch norms have momentum 0.01 (TensorFlow's 0.99), so after a
@@ -479,10 +484,12 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
 
 
 LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp",
-                   "cp-latency-ls0.25", "cp-latency-norm", "cp-latency-fw1"]
+                   "cp-latency-ls0.25", "cp-latency-norm", "cp-latency-fw1", "cp-latency-fixed",
+                   "cp-latency-ls0.75"]
 # cp-latency with other `learn` options, run only when --methods names them
 LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"],
-                    "cp-latency-fw1": ["--flops-weight", "1"]}
+                    "cp-latency-fw1": ["--flops-weight", "1"], "cp-latency-fixed": ["--fix-weights"],
+                    "cp-latency-ls0.75": ["--max-learn-share", "0.75"]}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 

@@ -263,6 +263,49 @@ def ceiling_section() -> list[str]:
     return out + [""]
 
 
+def floor_section() -> list[str]:
+    rows = load("floor")
+    preds = [r for r in rows if r.get("kind") == "predicted"]
+    if not preds:
+        return []
+    lat = {(r["arch"], r["method"], r["batch"]): r for r in rows if r.get("kind") == "latency"}
+    grid = {(r["arch"], r["target"], r["batch"]): r for r in load("latency_budget")
+            if r.get("kind") == "latency" and r.get("method") == "tp-r16@latency"}
+    out = ["#### Why plans that thin every layer stay below 1: the floor of the same depth", "",
+           ("`python benchmarks/floor.py --archs A` (rows: `benchmarks/results/floor.jsonl`), from the grid's baseline "
+            "and table of each arch. Floor: the table's latency of the thinnest aligned network of the same depth "
+            "(every channel group at one block of 16), as a fraction of dense. If the time above the floor f fell in "
+            "proportion to the FLOPs, a plan that keeps every layer would reach a latency ratio t with an efficiency "
+            "of (t - f) / ((1 - f) t) (formula). Uniform: every group kept at the same share of its blocks (what "
+            "Torch-Pruning's one ratio with round_to=16 keeps), the share set so that the table predicts t at that "
+            "batch size; its predicted FLOPs / latency is its efficiency. TP measured: the grid's tp-r16@latency "
+            "efficiency at that target and batch (timed on the grid's machine, another day). Measured here: the floor "
+            "plan and the uniform plan at the middle target (its share set at batch 1) exported at 1x3x224x224 and "
+            f"timed against dense, interleaved. Machine: {machines(preds)}."), "",
+           "| arch | batch | floor (predicted) | floor (measured) | t | uniform: latency, FLOPs | uniform efficiency "
+           "(predicted) | formula | TP measured (grid) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in preds:
+        for b in (1, 32):
+            fm = lat.get((r["arch"], "floor", b))
+            floor = f"{r['floor']['latency_ratio'][str(b)]:.3f} | {1 / fm['speedup']:.3f}" if fm else \
+                f"{r['floor']['latency_ratio'][str(b)]:.3f} | -"
+            for k, u in r["uniform"].items():
+                t, kb = k.split("/")
+                if kb == f"b{b}":
+                    tp = grid.get((r["arch"], float(t), b))
+                    tp = f"{tp['efficiency']:.2f}" if tp else "-"
+                    out.append(f"| {r['arch']} | {b} | {floor} | {t} | {u['latency_ratio']:.3f}, {u['flops_ratio']:.3f} "
+                               f"| {u['efficiency']:.2f} | {u['formula']:.2f} | {tp} |")
+    notes = [(r["arch"], m) for r in preds for b in (1, 32) if (m := lat.get((r["arch"], "uniform", b)))]
+    if notes:
+        out.append("")
+    for arch, m in notes:
+        out.append(f"- {arch}, the uniform plan of t = {m['target']} timed at batch {m['batch']}: {1 / m['speedup']:.3f} "
+                   f"of dense, FLOPs {m['flops_ratio']:.3f}, efficiency {m['efficiency']:.2f}.")
+    return out + [""]
+
+
 def flops_weight_section() -> list[str]:
     rows = load("flops_weight")
     plans = [r for r in rows if r.get("kind") == "plan"]
@@ -556,10 +599,13 @@ def latency_accuracy_section() -> list[str]:
             "latency table's greedy most-FLOPs plan (`benchmarks/ceiling.py`, blocks of 16 ranked by the weights' "
             "group norm, no data, no learning), the prefix of its drops bisected on measured latency the same way; "
             "cp-latency-ls0.25: cp-latency freezing at the latest after a quarter of the budget (`--max-learn-share "
-            "0.25`, default half), so that the slim model fine-tunes for three quarters; cp-latency-norm: "
+            "0.25`, default half), so that the slim model fine-tunes for three quarters (cp-latency-ls0.75: after three quarters, "
+            "`--max-learn-share 0.75`); cp-latency-norm: "
             "cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`, default "
             "uniform); cp-latency-fw1: cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0; "
-            "`benchmarks/flops_weight.py`). Baseline: its weights' "
+            "`benchmarks/flops_weight.py`); cp-latency-fixed: cp-latency learning its gates with the weights fixed "
+            "(`--fix-weights`), so that they train only after the cut, from the baseline's, as tp-r16+cp's do. "
+            "Baseline: its weights' "
             "digest and day; the suite retrains it where its file is missing, and on another CPU the same command can "
             "train other bits, so a retrained baseline starts its own block: its runs are neither averaged nor "
             "paired with another baseline's. Train time: the "
@@ -986,7 +1032,7 @@ def guard_section() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + ceiling_section() + flops_weight_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
+    return "\n".join(latency_section() + latency_budget_section() + repredict_section() + ceiling_section() + floor_section() + flops_weight_section() + lam_rate_section() + profile_timing_section() + profile_fit_section() + why_section() + fidelity_section() + accuracy_section() + latency_accuracy_section() + costs_section() + conditional_section() + conditional_profile_section() + conditional_trained_section() + conditional_accuracy_section() + guard_section())
 
 
 def main():

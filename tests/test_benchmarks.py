@@ -303,3 +303,45 @@ def test_table_greedy_keeps_the_flops_the_cost_makes_cheap(monkeypatch):
     assert all(float(masks[i].sum()) >= 4 for i, e in enumerate(essential) if e)
     # a lower ratio keeps fewer FLOPs, each drop costs FLOPs
     assert all(b[3] <= a[3] + 1e-12 and b[2] < a[2] for a, b in zip(drops, drops[1:]))
+
+
+def test_floor_uniform_plans_keep_one_share_of_every_group_and_meet_the_latency_asked(monkeypatch):
+    """benchmarks/floor.py: the floor keeps one block of every group; a uniform plan keeps the same share
+    of each group's blocks; the share found for a ratio predicts that ratio or just under it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    floor = importlib.import_module("floor")
+    from chanprune.cost import ChannelsCost, FlopsCost
+    from chanprune.graph import find_groups
+    from chanprune.zoo import build_model
+
+    model = build_model("resnet20", num_classes=10).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    u = object.__new__(floor.Uniform)
+    u.graph = find_groups(model, x)
+    u.costs = {1: ChannelsCost(model, x, u.graph), 32: ChannelsCost(model, x, u.graph)}
+    u.flops = FlopsCost(model, x, u.graph)
+    u.units = [[list(range(i, min(i + 8, g.size))) for i in range(0, g.size, 8)] for g in u.graph.groups]
+    thin = u.masks(0.0)
+    assert [int(m.sum()) for m in thin] == [8] * len(u.graph.groups)
+    half = u.masks(0.5)
+    assert all(int(m.sum()) == g.size // 2 for m, g in zip(half, u.graph.groups))
+    share, p = u.at_latency(0.5, 1)
+    assert 0.45 < p["latency_ratio"]["1"] <= 0.5 and p == u.predict(u.masks(share))
+    assert p["flops_ratio"] < u.predict(u.masks(1.0))["flops_ratio"] == pytest.approx(1.0)
+
+
+def test_floor_table_pairs_the_prediction_with_the_grids_torch_pruning_and_its_timings(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = importlib.import_module("report")
+    pred = {"key": "lite/floor", "kind": "predicted", "arch": "lite", "floor": {"latency_ratio": {"1": 0.2, "32": 0.1}},
+            "uniform": {"0.5/b1": {"latency_ratio": 0.5, "flops_ratio": 0.4, "efficiency": 0.8, "formula": 0.75},
+                        "0.5/b32": {"latency_ratio": 0.5, "flops_ratio": 0.45, "efficiency": 0.9, "formula": 0.89}}}
+    lat = lambda m, b, sp: {"kind": "latency", "arch": "lite", "target": 0.5, "method": m, "batch": b,  # noqa: E731
+                            "speedup": sp, "flops_ratio": 0.4, "efficiency": sp * 0.4}
+    grid = [{"kind": "latency", "arch": "lite", "target": 0.5, "method": "tp-r16@latency", "batch": 1, "efficiency": 0.79}]
+    monkeypatch.setattr(report, "load", lambda name: {"floor": [pred, lat("floor", 1, 4.0), lat("uniform", 1, 2.0)],
+                                                      "latency_budget": grid}.get(name, []))
+    text = "\n".join(report.floor_section())
+    assert "| lite | 1 | 0.200 | 0.250 | 0.5 | 0.500, 0.400 | 0.80 | 0.75 | 0.79 |" in text
+    assert "| lite | 32 | 0.100 | - | 0.5 | 0.500, 0.450 | 0.90 | 0.89 | - |" in text
+    assert "- lite, the uniform plan of t = 0.5 timed at batch 1: 0.500 of dense, FLOPs 0.400, efficiency 0.80." in text
