@@ -78,6 +78,9 @@ is exported, and its ONNX at 224 is timed at batch 1 against the dense one (inte
                   names it
   cp-latency-ls0.75  the other way: freezing at the latest after three quarters (`--max-learn-share 0.75`);
                   only when --methods names it
+  cp-latency-b1   cp-latency learned per channel (`--block 1`), not aligned by construction, exported with
+                  `--round-to 16` as cp-flops-r16 is (rounding down, then up where the table's cost
+                  allows; what it adds back was not fine-tuned); only when --methods names it
   cp-latency-norm cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`,
                   default uniform: nearly open); only when --methods names it
   cp-latency-fw1  cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0: among plans of about the
@@ -485,11 +488,11 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
 
 LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp",
                    "cp-latency-ls0.25", "cp-latency-norm", "cp-latency-fw1", "cp-latency-fixed",
-                   "cp-latency-ls0.75"]
+                   "cp-latency-ls0.75", "cp-latency-b1"]
 # cp-latency with other `learn` options, run only when --methods names them
 LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"],
                     "cp-latency-fw1": ["--flops-weight", "1"], "cp-latency-fixed": ["--fix-weights"],
-                    "cp-latency-ls0.75": ["--max-learn-share", "0.75"]}
+                    "cp-latency-ls0.75": ["--max-learn-share", "0.75"], "cp-latency-b1": ["--block", "1"]}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
@@ -604,7 +607,8 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
     rows_out = [ours]
     for m, extra in LATENCY_VARIANTS.items():
         if m in wanted:
-            rows_out.append(cp(m, ["--budget", "latency", "--lut", str(lut), "--target", str(t), *extra], "auto"))
+            rows_out.append(cp(m, ["--budget", "latency", "--lut", str(lut), "--target", str(t), *extra],
+                               "16" if m == "cp-latency-b1" else "auto"))
     if "cp-flops-r16" in wanted:
         rows_out.append(cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16"))
     key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp{on['key']}"

@@ -604,7 +604,9 @@ def latency_accuracy_section() -> list[str]:
             "cp-latency with its gates started graded by the weights' group norm (`--gate-init norm`, default "
             "uniform); cp-latency-fw1: cp-latency rewarding kept FLOPs (`--flops-weight 1`, default 0; "
             "`benchmarks/flops_weight.py`); cp-latency-fixed: cp-latency learning its gates with the weights fixed "
-            "(`--fix-weights`), so that they train only after the cut, from the baseline's, as tp-r16+cp's do. "
+            "(`--fix-weights`), so that they train only after the cut, from the baseline's, as tp-r16+cp's do; "
+            "cp-latency-b1: cp-latency learned per channel (`--block 1`), exported with `--round-to 16` (rounding down, "
+            "then up where the table's cost allows: aligned afterwards, not by construction). "
             "Baseline: its weights' "
             "digest and day; the suite retrains it where its file is missing, and on another CPU the same command can "
             "train other bits, so a retrained baseline starts its own block: its runs are neither averaged nor "
@@ -613,6 +615,7 @@ def latency_accuracy_section() -> list[str]:
             "exported slim model on the whole test split. Setup `L12000-e2-bn100`: the first 12,000 training images, "
             "2 epochs, and every method's batch norms re-estimated on 100 batches at the end (Lite0's momentum is "
             "0.01, so after a short budget its running statistics still describe the unpruned network); "
+            "`L12000-e4-bn100`: the same with 4 epochs (`--epochs 4`: twice the steps to learn and to fine-tune); "
             "`L12000-e2`: the same without re-estimation, one row (in the replaced table below) kept to show what "
             "it does. "
             f"Machine: {machines(runs)}."), ""]
