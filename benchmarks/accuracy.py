@@ -489,10 +489,12 @@ def _sparse_learning(model, bundle, x, steps: int, seed: int, distill) -> None:
 LATENCY_METHODS = ["cp-latency", "cp-flops-r16", "tp-r16+cp", "table-greedy+cp",
                    "cp-latency-ls0.25", "cp-latency-norm", "cp-latency-fw1", "cp-latency-fixed",
                    "cp-latency-ls0.75", "cp-latency-b1"]
-# cp-latency with other `learn` options, run only when --methods names them
-LATENCY_VARIANTS = {"cp-latency-ls0.25": ["--max-learn-share", "0.25"], "cp-latency-norm": ["--gate-init", "norm"],
-                    "cp-latency-fw1": ["--flops-weight", "1"], "cp-latency-fixed": ["--fix-weights"],
-                    "cp-latency-ls0.75": ["--max-learn-share", "0.75"], "cp-latency-b1": ["--block", "1"]}
+# cp-latency with other `learn` options (and the export's --round-to), run only when --methods names them
+LATENCY_VARIANTS = {"cp-latency-ls0.25": (["--max-learn-share", "0.25"], "auto"),
+                    "cp-latency-norm": (["--gate-init", "norm"], "auto"),
+                    "cp-latency-fw1": (["--flops-weight", "1"], "auto"), "cp-latency-fixed": (["--fix-weights"], "auto"),
+                    "cp-latency-ls0.75": (["--max-learn-share", "0.75"], "auto"),
+                    "cp-latency-b1": (["--block", "1"], "16")}
 BN_BATCHES = 100  # batch-norm re-estimation after training, for every method of the latency suite
 
 
@@ -605,10 +607,9 @@ def latency_suite(rows: Rows, arch: str, t: float, seed: int, a) -> None:
     # cp-latency always: the others match it
     ours = cp("cp-latency", ["--budget", "latency", "--lut", str(lut), "--target", str(t)], "auto")
     rows_out = [ours]
-    for m, extra in LATENCY_VARIANTS.items():
+    for m, (extra, round_to) in LATENCY_VARIANTS.items():
         if m in wanted:
-            rows_out.append(cp(m, ["--budget", "latency", "--lut", str(lut), "--target", str(t), *extra],
-                               "16" if m == "cp-latency-b1" else "auto"))
+            rows_out.append(cp(m, ["--budget", "latency", "--lut", str(lut), "--target", str(t), *extra], round_to))
     if "cp-flops-r16" in wanted:
         rows_out.append(cp("cp-flops-r16", ["--budget", "flops", "--target", f"{ours['flops_ratio']:.4f}"], "16"))
     key = f"{arch}/{tag}/lat{t}/s{seed}/tp-r16+cp{on['key']}"

@@ -123,14 +123,7 @@ class TablePlanner:
 
     def slim(self, k: int) -> torch.nn.Module:
         """The dense model cut to the first `k` drops (checked against the masked dense model)."""
-        from chanprune.cut import cut
-
-        plan = plan_of(self.graph, self.masks(k), None, lb.DEPLOY, {"table_greedy": k})
-        torch.manual_seed(0)
-        res = cut(copy.deepcopy(self.dense), self.graph, plan, torch.randn(2, *lb.DEPLOY[1:]))
-        if not res.exact:
-            raise SystemExit(f"table-greedy: the cut model differs from the masked one by {res.max_abs_diff:.3g}")
-        return res.slim
+        return cut_dense(self.dense, self.graph, self.masks(k), {"table_greedy": k}, "table-greedy")
 
     def at_latency(self, dense_onnx: Path, latency_ratio: float, out: Path) -> dict:
         """The fastest prefix not faster than `latency_ratio` of dense at batch 1, by bisection on measured
@@ -168,6 +161,19 @@ class TablePlanner:
         out.mkdir(parents=True, exist_ok=True)
         (out / "greedy.json").write_text(json.dumps(best, indent=1))
         return best
+
+
+def cut_dense(dense: torch.nn.Module, graph, masks, meta: dict, what: str) -> torch.nn.Module:
+    """A copy of `dense` cut to 0/1 `masks` at lb.DEPLOY, checked against the masked dense model (`what`
+    names the plan in the error)."""
+    from chanprune.cut import cut
+
+    plan = plan_of(graph, masks, None, lb.DEPLOY, meta)
+    torch.manual_seed(0)
+    res = cut(copy.deepcopy(dense), graph, plan, torch.randn(2, *lb.DEPLOY[1:]))
+    if not res.exact:
+        raise SystemExit(f"{what}: the cut model differs from the masked one by {res.max_abs_diff:.3g}")
+    return res.slim
 
 
 def plan_of(graph, masks, probs, input_shape, meta: dict, arch: str | None = None):
